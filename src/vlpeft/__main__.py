@@ -1,0 +1,3 @@
+from vlpeft.cli import main
+
+main()

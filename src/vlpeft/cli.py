@@ -1,0 +1,295 @@
+"""The ``vlpeft`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vlpeft import __version__
+from vlpeft.errors import VlpeftError
+
+app = typer.Typer(
+    name="vlpeft",
+    help="Parameter-efficient adaptation of vision-language models (CLIP, SigLIP).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+datasets_app = typer.Typer(help="List, check and sample datasets.", no_args_is_help=True)
+models_app = typer.Typer(help="Create and inspect backbone checkpoints.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(models_app, name="models")
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+class Family(str, Enum):
+    clip = "clip"
+    siglip = "siglip"
+
+
+class Subsample(str, Enum):
+    all = "all"
+    base = "base"
+    new = "new"
+
+
+class Templates(str, Enum):
+    single = "single"
+    ensemble = "ensemble"
+    imagenet80 = "imagenet80"
+
+
+class Split(str, Enum):
+    train = "train"
+    val = "val"
+    test = "test"
+
+
+def _version(value: bool) -> None:
+    if value:
+        out_console.print(f"vlpeft {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logs.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Set up logging for every command."""
+    from rich.logging import RichHandler
+
+    from vlpeft.utils import set_progress
+
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = RichHandler(console=err_console, show_path=False, show_time=False)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
+    logging.getLogger("vlpeft").setLevel(level)
+    if quiet:
+        set_progress(False)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a core dependency
+        pass
+
+
+# ---- datasets ---------------------------------------------------------------------------
+
+
+@datasets_app.command("list")
+def datasets_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the registered datasets."""
+    from vlpeft.data import DATASETS
+
+    rows = [
+        {"name": n, "folder": s.dataset_dir, "test_only": s.test_only, "description": s.description}
+        for n, s in ((n, DATASETS.get(n)) for n in DATASETS.names())
+    ]
+    if as_json:
+        out_console.print_json(json.dumps(rows))
+        return
+    table = Table("name", "folder under --root", "splits", "description")
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["folder"] or "(--root itself)",
+            "test" if r["test_only"] else "train/val/test",
+            r["description"],
+        )
+    out_console.print(table)
+
+
+@datasets_app.command("check")
+def datasets_check(
+    name: Annotated[str, typer.Argument(help="Dataset name (see `vlpeft datasets list`).")],
+    root: Annotated[Path, typer.Option("--root", help="Data root (the folder holding the dataset folder).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Report what is missing from a dataset folder and the layout expected."""
+    from dataclasses import asdict
+
+    from vlpeft.data import get_dataset_spec
+
+    report = get_dataset_spec(name).check(root)
+    if as_json:
+        out_console.print_json(json.dumps({**asdict(report), "ok": report.ok}))
+    else:
+        _print_check(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _print_check(report) -> None:
+    status = "[green]OK[/green]" if report.ok else "[red]PROBLEMS[/red]"
+    out_console.print(f"{report.dataset} at {report.dataset_dir or report.root}: {status}")
+    if report.num_classes is not None:
+        sizes = ", ".join(f"{k} {v}" for k, v in report.sizes.items())
+        out_console.print(f"  {report.num_classes} classes; {sizes} images")
+    for split, missing in report.missing.items():
+        if missing:
+            out_console.print(f"  [red]{len(missing)} {split} images missing[/red], e.g. {missing[0]}")
+    for problem in report.problems:
+        out_console.print(f"  [red]{problem}[/red]")
+    if not report.ok:
+        out_console.print(f"Expected layout:\n{report.layout}", markup=False)
+
+
+@datasets_app.command("fewshot")
+def datasets_fewshot(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    root: Annotated[Path, typer.Option("--root", help="Data root.")],
+    shots: Annotated[int, typer.Option("--shots", help="Images per class (K).", min=1)],
+    seed: Annotated[int, typer.Option("--seed", help="Sampling seed (CoOp's cfg.SEED).")] = 1,
+    subsample: Annotated[Subsample, typer.Option("--subsample", help="Classes to keep.")] = Subsample.all,
+) -> None:
+    """Print the K-shot train and val images (paths as in the split file, in sampling order) as JSON."""
+    from vlpeft.data import load_dataset
+
+    ds = load_dataset(name, root, shots=shots, seed=seed, subsample=subsample.value)
+    sys.stdout.write(
+        json.dumps({"train": [d.relpath for d in ds.train], "val": [d.relpath for d in ds.val]}) + "\n"
+    )
+
+
+@datasets_app.command("make-split")
+def datasets_make_split(
+    name: Annotated[
+        str, typer.Argument(help="Dataset name (Caltech101, DescribableTextures, EuroSAT, Food101).")
+    ],
+    root: Annotated[Path, typer.Option("--root", help="Data root.")],
+    seed: Annotated[int, typer.Option("--seed", help="Shuffling seed.")] = 1,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing split file.")] = False,
+) -> None:
+    """Create a train/val/test split file from raw class folders (CoOp's 50/20/30 rule)."""
+    from vlpeft.data import get_dataset_spec
+
+    spec = get_dataset_spec(name)
+    if not hasattr(spec, "make_split"):
+        raise VlpeftError(f"{spec.name} is not described by a split file; nothing to create.")
+    path = spec.make_split(root, seed=seed, overwrite=overwrite)
+    out_console.print(f"Wrote {path}")
+
+
+# ---- models -----------------------------------------------------------------------------
+
+
+@models_app.command("init-tiny")
+def models_init_tiny(
+    directory: Annotated[Path, typer.Argument(help="Output directory (must not exist or be empty).")],
+    family: Annotated[Family, typer.Option("--family", help="Model family.")] = Family.clip,
+    seed: Annotated[int, typer.Option("--seed", help="Weight initialisation seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing directory.")] = False,
+) -> None:
+    """Write a tiny randomly initialised checkpoint (weights, tokenizer, processor config)."""
+    from vlpeft.backbones import init_tiny
+
+    path = init_tiny(directory, family=family.value, seed=seed, overwrite=overwrite)
+    out_console.print(f"Wrote a tiny {family.value} checkpoint to {path}; load it with 'local:{path}'.")
+
+
+@models_app.command("info")
+def models_info(
+    spec: Annotated[str, typer.Argument(help="Backbone spec: hf:<id>, local:<dir> or a directory.")],
+) -> None:
+    """Load a backbone and print what vlpeft sees (family, sizes, transform, fingerprint)."""
+    from vlpeft.backbones import load_backbone
+
+    backbone = load_backbone(spec)
+    out_console.print_json(json.dumps({**backbone.describe(), "preprocess": backbone.preprocess.to_dict()}))
+
+
+# ---- evaluation ---------------------------------------------------------------------------
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[
+        str, typer.Option("--model", help="Backbone spec: hf:<id>, local:<dir> or a directory.")
+    ],
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset name (see `vlpeft datasets list`).")],
+    root: Annotated[Path, typer.Option("--root", help="Data root.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory for result.json.")],
+    split: Annotated[Split, typer.Option("--split", help="Split to evaluate.")] = Split.test,
+    templates: Annotated[Templates, typer.Option("--templates", help="Prompt templates.")] = Templates.single,
+    subsample: Annotated[Subsample, typer.Option("--subsample", help="Classes to keep.")] = Subsample.all,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch.")] = 64,
+    workers: Annotated[int, typer.Option("--workers", help="Data-loading processes.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="Weights dtype: float32, float16, bfloat16.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing result.json.")] = False,
+) -> None:
+    """Zero-shot evaluation of a backbone on one split; writes OUT/result.json."""
+    from vlpeft.engine.evaluate import EvalConfig, run_zero_shot_eval
+
+    cfg = EvalConfig(
+        model,
+        dataset,
+        str(root),
+        split.value,
+        templates.value,
+        subsample.value,
+        batch_size,
+        workers,
+        device,
+        dtype,
+    )
+    result = run_zero_shot_eval(cfg, out, overwrite=overwrite)
+    _print_metrics(f"zero-shot {dataset} ({split.value})", result)
+    out_console.print(f"Wrote {out / 'result.json'}")
+
+
+def _print_metrics(title: str, result: dict) -> None:
+    table = Table("metric", "value", title=title)
+    for key, value in result["metrics"].items():
+        table.add_row(key, f"{value:.2f}")
+    table.add_row("images", str(result["counts"]["samples"]))
+    table.add_row("wall time (s)", f"{result['wall_time_s']:.1f}")
+    out_console.print(table)
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("vlpeft-demo"),
+) -> None:
+    """Run the main job offline on the embedded default and print the results."""
+    from vlpeft.demo import run_demo
+
+    result = run_demo(out)
+    _print_metrics("demo: zero-shot, tiny model, generated shapes", result)
+    out_console.print(f"Results in {out}")
+
+
+def main() -> None:
+    """Entry point: user errors print one clear message and exit with status 2."""
+    try:
+        app()
+    except VlpeftError as err:
+        err_console.print(f"[bold red]error:[/bold red] {err}", markup=True, highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Run directories: ``config.json`` + ``result.json`` written atomically, plus a log."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import resource
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from vlpeft.errors import ConfigError
+from vlpeft.io import write_json_atomic
+
+RESULT_FILE = "result.json"
+CONFIG_FILE = "config.json"
+LOG_FILE = "log.txt"
+
+
+def check_out_dir(out: str | Path, overwrite: bool = False) -> Path:
+    """Refuse to replace an existing result unless ``overwrite`` (so no result is lost by accident)."""
+    out = Path(out)
+    if (out / RESULT_FILE).exists() and not overwrite:
+        raise ConfigError(f"'{out / RESULT_FILE}' already exists. Choose another --out or pass --overwrite.")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' exists and is not a directory.")
+    return out
+
+
+def write_run(out: str | Path, config: dict, result: dict) -> Path:
+    """Write the resolved config, then the result (the result's presence marks a finished run)."""
+    out = Path(out)
+    write_json_atomic(out / CONFIG_FILE, config)
+    write_json_atomic(out / RESULT_FILE, result)
+    return out / RESULT_FILE
+
+
+@contextlib.contextmanager
+def run_log(out: str | Path | None) -> Iterator[None]:
+    """Copy vlpeft's log records into ``out/log.txt`` for the duration of a run."""
+    if out is None:
+        yield
+        return
+    Path(out).mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(Path(out) / LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("vlpeft")
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(min(previous or logging.INFO, logging.INFO))
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+        handler.close()
+
+
+def peak_memory_mb(device: str) -> dict:
+    """Peak process RSS (CPU) and peak allocated accelerator memory, in MiB."""
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {"cpu_rss_mb": round(rss_kb / (1024 if sys.platform != "darwin" else 1024 * 1024), 1)}
+    if device.startswith("cuda"):
+        import torch
+
+        out["cuda_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out

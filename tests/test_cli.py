@@ -1,0 +1,91 @@
+"""The command line: each command as documented, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from vlpeft import __version__
+from vlpeft.cli import app, main
+
+from test_fewshot import dassl_reference
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run the real entry point (with its error handling) in-process."""
+    monkeypatch.setattr(sys, "argv", ["vlpeft", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_version():
+    assert __version__ in invoke("--version").stdout
+
+
+def test_datasets_list_json():
+    names = {row["name"] for row in json.loads(invoke("datasets", "list", "--json").stdout)}
+    assert {"OxfordPets", "ImageNetR", "imagefolder"} <= names
+
+
+def test_datasets_check(coop_root, tmp_path):
+    ok = invoke("datasets", "check", "OxfordPets", "--root", coop_root)
+    assert ok.exit_code == 0 and "OK" in ok.stdout and "37 classes" in ok.stdout
+    bad = invoke("datasets", "check", "OxfordPets", "--root", tmp_path)
+    assert (
+        bad.exit_code == 1 and "Expected layout" in bad.stdout and "split_zhou_OxfordPets.json" in bad.stdout
+    )
+
+
+def test_datasets_fewshot_prints_coop_sample(coop_root):
+    out = invoke("datasets", "fewshot", "OxfordFlowers", "--root", coop_root, "--shots", 2, "--seed", 3)
+    raw = json.loads((coop_root / "oxford_flowers" / "split_zhou_OxfordFlowers.json").read_text())
+    train, val = dassl_reference(raw, 2, 3)
+    assert json.loads(out.stdout) == {"train": train, "val": val}
+    base = json.loads(invoke("datasets", "fewshot", "OxfordFlowers", "--root", coop_root, "--shots", 2,
+                             "--seed", 3, "--subsample", "base").stdout)  # fmt: skip
+    label_of = {rel: label for rel, label, _ in raw["train"]}
+    assert base["train"] == [rel for rel in train if label_of[rel] < 51]  # base = first ceil(102 / 2) labels
+
+
+def test_models_init_tiny_and_info(tmp_path):
+    target = tmp_path / "tiny-siglip"
+    assert invoke("models", "init-tiny", target, "--family", "siglip").exit_code == 0
+    info = json.loads(invoke("models", "info", f"local:{target}").stdout)
+    assert info["family"] == "siglip" and info["preprocess"]["size"] == [32, 32]
+
+
+def test_eval_command(tiny_clip, shapes_folder, tmp_path):
+    out = invoke("eval", "--model", tiny_clip, "--dataset", "imagefolder", "--root", shapes_folder,
+                 "--out", tmp_path / "run", "--templates", "ensemble")  # fmt: skip
+    assert out.exit_code == 0 and "accuracy" in out.stdout
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert len(result["config"]["templates_used"]) == 8  # 7 selected ImageNet templates + the dataset's own
+
+
+def test_errors_are_one_clear_line_with_status_2(monkeypatch, capsys, tmp_path):
+    code, _, err = run_main(
+        monkeypatch, capsys, "datasets", "fewshot", "OxfordPet", "--root", tmp_path, "--shots", 1
+    )
+    assert code == 2 and "error:" in err and "Did you mean 'OxfordPets'" in err and "Traceback" not in err
+    code, _, err = run_main(monkeypatch, capsys, "eval", "--model", tmp_path / "none", "--dataset", "dtd",
+                            "--root", tmp_path, "--out", tmp_path / "o")  # fmt: skip
+    assert code == 2 and "No 'dtd/' folder" in err
+    assert not (tmp_path / "o" / "result.json").exists()
+
+
+def test_demo(tmp_path):
+    out = invoke("demo", "--out", tmp_path / "demo")
+    assert out.exit_code == 0 and "accuracy" in out.stdout
+    assert (tmp_path / "demo" / "zero-shot" / "result.json").exists()
