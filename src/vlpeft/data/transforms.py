@@ -151,3 +151,66 @@ def _hw(value: Any, key: str) -> tuple[int, int]:
         f"preprocessor_config.json: cannot read '{key}'={value!r}; "
         "expected an int or {'height': H, 'width': W}."
     )
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Random resized crop + horizontal flip (torchvision's RandomResizedCrop semantics).
+
+    Defaults follow Tip-Adapter's cache augmentation (gaopengcuhk/Tip-Adapter ``main.py``:
+    ``RandomResizedCrop(224, scale=(0.5, 1), interpolation=BICUBIC)``, ``RandomHorizontalFlip()``).
+    The randomness of view ``v`` of an image is a pure function of ``(seed, v, image key)``,
+    so a view is the same pixels in every run and every few-shot subset — and is encoded once.
+    """
+
+    scale: tuple[float, float] = (0.5, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def random_resized_crop_box(width: int, height: int, spec: AugmentSpec, rng) -> tuple[int, int, int, int]:
+    """torchvision's ``RandomResizedCrop.get_params``: (left, top, w, h), 10 tries then a centre fallback."""
+    import math
+
+    area = width * height
+    log_ratio = (math.log(spec.ratio[0]), math.log(spec.ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(*spec.scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, width - w), rng.randint(0, height - h), w, h
+    in_ratio = width / height
+    if in_ratio < min(spec.ratio):
+        w, h = width, round(width / min(spec.ratio))
+    elif in_ratio > max(spec.ratio):
+        w, h = round(height * max(spec.ratio)), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+class AugmentedView:
+    """View ``view`` of an image: random resized crop to the eval output size, random flip, normalise."""
+
+    def __init__(self, base: ImageTransform, spec: AugmentSpec, view: int):
+        self.base, self.spec, self.view = base, spec, view
+
+    def __call__(self, img: Image.Image, key: str):
+        import random
+
+        import torch
+
+        rng = random.Random(f"{self.spec.seed}|{self.view}|{key}")
+        img = to_rgb(img)
+        left, top, w, h = random_resized_crop_box(img.size[0], img.size[1], self.spec, rng)
+        out_h, out_w = self.base.output_size
+        img = img.resize((out_w, out_h), resample=self.base.resample, box=(left, top, left + w, top + h))
+        if rng.random() < self.spec.flip_p:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return torch.from_numpy(self.base.to_array(img))
