@@ -25,8 +25,10 @@ app = typer.Typer(
 )
 datasets_app = typer.Typer(help="List, check and sample datasets.", no_args_is_help=True)
 models_app = typer.Typer(help="Create and inspect backbone checkpoints.", no_args_is_help=True)
+methods_app = typer.Typer(help="List the adaptation methods.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
+app.add_typer(methods_app, name="methods")
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -47,6 +49,12 @@ class Templates(str, Enum):
     single = "single"
     ensemble = "ensemble"
     imagenet80 = "imagenet80"
+
+
+class ValPolicy(str, Enum):
+    none = "none"
+    fewshot = "fewshot"
+    full = "full"
 
 
 class Split(str, Enum):
@@ -214,6 +222,116 @@ def models_info(
 
     backbone = load_backbone(spec)
     out_console.print_json(json.dumps({**backbone.describe(), "preprocess": backbone.preprocess.to_dict()}))
+
+
+# ---- methods ----------------------------------------------------------------------------
+
+
+@methods_app.command("list")
+def methods_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    embed_dim: Annotated[int, typer.Option("--dim", help="Feature size D for the parameter count.")] = 512,
+    classes: Annotated[int, typer.Option("--classes", help="Classes C for the parameter count.")] = 100,
+    shots: Annotated[int, typer.Option("--shots", help="Shots K for the parameter count.")] = 16,
+) -> None:
+    """List methods: name, family, paper, and trainable parameters for a D-dim, C-class, K-shot problem."""
+    from vlpeft.methods import METHODS
+    from vlpeft.methods.params import trainable_parameter_count
+
+    rows = []
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        count = trainable_parameter_count(cls, embed_dim, classes, shots)
+        rows.append({"name": name, "family": cls.family, "paper": cls.paper, "trainable_parameters": count})
+    if as_json:
+        out_console.print_json(json.dumps(rows))
+        return
+    table = Table("name", "family", f"trainable params (D={embed_dim}, C={classes}, K={shots})", "paper")
+    for r in rows:
+        table.add_row(r["name"], r["family"], f"{r['trainable_parameters']:,}", r["paper"])
+    out_console.print(table)
+
+
+# ---- training and prediction ---------------------------------------------------------------------
+
+
+@app.command("train")
+def train_command(
+    method: Annotated[str, typer.Option("--method", help="Method name (see `vlpeft methods list`).")],
+    model: Annotated[
+        str, typer.Option("--model", help="Backbone spec: hf:<id>, local:<dir> or a directory.")
+    ],
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset name (see `vlpeft datasets list`).")],
+    root: Annotated[Path, typer.Option("--root", help="Data root.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
+    shots: Annotated[
+        int, typer.Option("--shots", help="Images per class (CoOp sampling); 0 = all.", min=0)
+    ] = 16,
+    seed: Annotated[int, typer.Option("--seed", help="Few-shot sampling and training seed.")] = 1,
+    val_policy: Annotated[
+        ValPolicy, typer.Option("--val-policy", help="What searches may look at: none | fewshot | full.")
+    ] = ValPolicy.fewshot,
+    subsample: Annotated[Subsample, typer.Option("--subsample", help="Classes to keep.")] = Subsample.all,
+    settings: Annotated[
+        list[str] | None, typer.Option("--set", help="Method setting key=value (repeatable).")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option("--cache-dir", help="Feature cache (default: $VLPEFT_CACHE_DIR or ~/.cache/vlpeft)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")] = 64,
+    workers: Annotated[int, typer.Option("--workers", help="Data-loading processes.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="Weights dtype: float32, float16, bfloat16.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing result.json.")] = False,
+) -> None:
+    """Adapt a backbone with METHOD on a few-shot split, evaluate on test, write a shippable run directory."""
+    from vlpeft.engine.runner import TrainConfig, run_train
+    from vlpeft.methods.base import parse_overrides
+
+    cfg = TrainConfig(
+        method,
+        model,
+        dataset,
+        str(root),
+        shots or None,
+        seed,
+        val_policy.value,
+        subsample.value,
+        parse_overrides(settings or []),
+        str(cache_dir) if cache_dir else None,
+        batch_size,
+        workers,
+        device,
+        dtype,
+    )
+    result = run_train(cfg, out, overwrite=overwrite)
+    _print_metrics(f"{method} on {dataset} ({shots}-shot, seed {seed})", result)
+    out_console.print(f"image-encoder forwards: {result['image_encoder_forwards']}; wrote {out}")
+
+
+@app.command("predict")
+def predict_command(
+    run: Annotated[Path, typer.Option("--run", help="A run directory written by `vlpeft train`.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    top_k: Annotated[int, typer.Option("--top-k", help="Classes to show per image.", min=1)] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+) -> None:
+    """Classify images with a trained run (loads only the backbone and the saved adapter)."""
+    from vlpeft.engine.runner import predict
+    from vlpeft.utils import resolve_device
+
+    results = predict(run, list(images), top_k=top_k, device=resolve_device(device))
+    if as_json:
+        sys.stdout.write(json.dumps(results) + "\n")
+        return
+    for item in results:
+        out_console.print(item["image"])
+        for entry in item["top"]:
+            out_console.print(f"  {entry['probability']:7.2%}  {entry['class']}")
 
 
 # ---- evaluation ---------------------------------------------------------------------------

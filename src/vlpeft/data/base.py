@@ -47,6 +47,7 @@ class Dataset:
     test: tuple[Datum, ...]
     template: str = DEFAULT_TEMPLATE
     ensemble: tuple[str, ...] | None = None
+    default_templates: str = "single"
     root: str = ""
     shots: int | None = None
     seed: int | None = None
@@ -71,8 +72,8 @@ class Dataset:
         return ""
 
     def templates(self, kind: str = "single") -> list[str]:
-        """Templates of ``kind`` (single/ensemble/imagenet80) for this dataset."""
-        return resolve_templates(kind, self.template, self.ensemble)
+        """Templates of ``kind`` (single/ensemble/imagenet80/default) for this dataset."""
+        return resolve_templates(kind, self.template, self.ensemble, self.default_templates)
 
     def fewshot(self, shots: int, seed: int) -> Dataset:
         """CoOp's K-shot train and min(K, 4)-shot val; test is unchanged."""
@@ -135,6 +136,7 @@ class DatasetSpec:
     dataset_dir: ClassVar[str] = ""  # folder under the data root ("" = the root itself)
     template: ClassVar[str] = DEFAULT_TEMPLATE
     ensemble: ClassVar[tuple[str, ...] | None] = None
+    default_templates: ClassVar[str] = "single"  # what "--templates default" means for this dataset
     test_only: ClassVar[bool] = False
     layout: ClassVar[str] = ""  # the expected directory tree, shown by `check` and in errors
     source: ClassVar[str] = ""  # where to get the data
@@ -172,6 +174,7 @@ class DatasetSpec:
             **{s: tuple(splits.get(s, ())) for s in SPLITS},
             template=self.template,
             ensemble=self.ensemble,
+            default_templates=self.default_templates,
             root=str(ddir),
             test_only=self.test_only,
         )

@@ -359,6 +359,7 @@ class ImageNet(DatasetSpec):
     name = "ImageNet"
     dataset_dir = "imagenet"
     ensemble = IMAGENET_TEMPLATES_SELECT
+    default_templates = "ensemble"
     layout = (
         "imagenet/\n|-- images/\n|   |-- train/   (1,000 folders n01440764, ...)\n|   |-- val/\n"
         "|-- classnames.txt"

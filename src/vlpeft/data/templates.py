@@ -107,7 +107,7 @@ IMAGENET_TEMPLATES_SELECT: tuple[str, ...] = (
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
-TEMPLATE_SETS = ("single", "ensemble", "imagenet80")
+TEMPLATE_SETS = ("single", "ensemble", "imagenet80", "default")
 
 
 def classname_for_prompt(name: str) -> str:
@@ -130,8 +130,14 @@ def default_ensemble(single: str) -> list[str]:
     return [*IMAGENET_TEMPLATES_SELECT, single]
 
 
-def resolve_templates(kind: str, single: str, ensemble: Sequence[str] | None = None) -> list[str]:
-    """The template list for ``kind``: ``single`` (the dataset's own), ``ensemble`` or ``imagenet80``."""
+def resolve_templates(
+    kind: str, single: str, ensemble: Sequence[str] | None = None, default: str = "single"
+) -> list[str]:
+    """The template list for ``kind``: ``single`` (the dataset's own), ``ensemble``, ``imagenet80``,
+    or ``default`` — the dataset's usual recipe (Tip-Adapter/APE/LP++: the 7-template ensemble on
+    ImageNet, the single template elsewhere)."""
+    if kind == "default":
+        kind = default
     if kind == "single":
         return [single]
     if kind == "ensemble":

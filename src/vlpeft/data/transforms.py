@@ -167,6 +167,7 @@ class AugmentSpec:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip_p: float = 0.5
     seed: int = 0
+    crop: str = "random-resized"  # or "center": the eval transform (resize + centre crop), then the flip
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,9 +209,12 @@ class AugmentedView:
 
         rng = random.Random(f"{self.spec.seed}|{self.view}|{key}")
         img = to_rgb(img)
-        left, top, w, h = random_resized_crop_box(img.size[0], img.size[1], self.spec, rng)
-        out_h, out_w = self.base.output_size
-        img = img.resize((out_w, out_h), resample=self.base.resample, box=(left, top, left + w, top + h))
+        if self.spec.crop == "center":
+            img = self.base.center_crop(self.base.resize(img))
+        else:
+            left, top, w, h = random_resized_crop_box(img.size[0], img.size[1], self.spec, rng)
+            out_h, out_w = self.base.output_size
+            img = img.resize((out_w, out_h), resample=self.base.resample, box=(left, top, left + w, top + h))
         if rng.random() < self.spec.flip_p:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return torch.from_numpy(self.base.to_array(img))

@@ -1,0 +1,107 @@
+"""The one training loop for feature heads trained on cached, augmented features.
+
+Methods own their math (``logits``, ``loss``, ``on_epoch_end``); this loop owns batching over
+the cached views, the optimizer, the schedule and model selection on validation.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from vlpeft.engine.schedules import build_optimizer, cosine, dassl_cosine, set_lr
+
+if TYPE_CHECKING:
+    from vlpeft.methods.feature_head import FeatureHead, HeadData, TrainedHeadConfig
+
+logger = logging.getLogger(__name__)
+
+
+def iterations_per_epoch(n: int, batch_size: int, rule: str) -> int:
+    """Dassl: ``floor(n / B)`` batches with ``drop_last`` (one batch of n if n < B); ceil: every sample."""
+    if rule == "dassl":
+        return max(n // batch_size, 1)
+    return math.ceil(n / batch_size)
+
+
+def lr_for(cfg: TrainedHeadConfig, epoch: int, step: int, total_steps: int) -> float:
+    if cfg.schedule == "dassl-cosine":
+        return dassl_cosine(cfg.lr, epoch, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr)
+    if cfg.schedule == "cosine-iter":
+        return cosine(cfg.lr, step, total_steps)
+    return cfg.lr
+
+
+@torch.no_grad()
+def accuracy(head: FeatureHead, features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in percent of ``head`` on (N, D) features."""
+    return float((head.logits(features).argmax(dim=1) == labels).float().mean()) * 100
+
+
+def _batches(data: HeadData, cfg: TrainedHeadConfig, generator: torch.Generator):
+    """Index pairs (view, image) of each batch of one epoch."""
+    views, n = data.train.features.shape[:2]
+    iters = iterations_per_epoch(n, cfg.batch_size, cfg.batches_per_epoch)
+    if cfg.sampling == "pool":  # rows of the (views x images) pool, without replacement (CLAP)
+        rows = torch.randperm(views * n, generator=generator)
+        size = min(cfg.batch_size, views * n)
+        for it in range(iters):
+            chunk = rows[(it * size) % (views * n) :][:size]
+            yield chunk // n, chunk % n
+        return
+    order = torch.randperm(n, generator=generator)  # each image once, a random view each
+    view_of = torch.randint(views, (n,), generator=generator)
+    for it in range(iters):
+        idx = order[it * cfg.batch_size : (it + 1) * cfg.batch_size]
+        yield view_of[idx], idx
+
+
+def train_head(head: FeatureHead, data: HeadData, cfg: TrainedHeadConfig) -> dict[str, Any]:
+    """Train ``head``'s trainable parameters; keep the best validation epoch if ``select_on_val``."""
+    optimizer = build_optimizer(
+        cfg.optimizer, head.trainable_parameters(), cfg.lr, cfg.weight_decay, cfg.momentum, cfg.eps
+    )
+    generator = torch.Generator().manual_seed(data.seed)
+    feats, labels = data.train.features, data.train.labels
+    iters = iterations_per_epoch(feats.shape[1], cfg.batch_size, cfg.batches_per_epoch)
+    total, step = cfg.epochs * iters, 0
+    select = cfg.select_on_val and data.val is not None
+    best: dict[str, Any] = {"val_accuracy": -1.0, "epoch": None, "state": None}
+    losses = []
+    head.train()
+    for epoch in range(cfg.epochs):
+        epoch_loss = 0.0
+        for view_idx, img_idx in _batches(data, cfg, generator):
+            set_lr(optimizer, lr_for(cfg, epoch, step, total))
+            loss = head.loss(feats[view_idx, img_idx], labels[img_idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            epoch_loss += loss.item()
+        losses.append(epoch_loss / iters)
+        head.on_epoch_end(epoch)
+        if select:
+            _keep_if_best(head, data, epoch, best)
+    head.eval()
+    if best["state"] is not None:
+        head.load_state_dict(best["state"])
+    return {
+        "epochs": cfg.epochs,
+        "steps": step,
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "selected_epoch": best["epoch"] if select else cfg.epochs - 1,
+        "val_accuracy": best["val_accuracy"] if select else None,
+    }
+
+
+def _keep_if_best(head: FeatureHead, data: HeadData, epoch: int, best: dict[str, Any]) -> None:
+    assert data.val is not None
+    acc = accuracy(head, data.val.view(0), data.val.labels)
+    if acc > best["val_accuracy"]:  # strict: the earliest best epoch wins
+        best.update(val_accuracy=acc, epoch=epoch, state=copy.deepcopy(head.state_dict()))

@@ -1,0 +1,205 @@
+"""Cross-modal linear probe: text embeddings are training samples too; and its image-only twin."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlpeft.data.transforms import AugmentSpec
+from vlpeft.engine.schedules import build_optimizer, cosine, set_lr
+from vlpeft.errors import ConfigError
+from vlpeft.methods.base import register_method
+from vlpeft.methods.feature_head import FeatureHead, HeadConfig, HeadData, TrainViews
+
+
+@dataclass
+class CrossModalConfig(HeadConfig):
+    # linzhiqiu/cross_modal_adaptation engine/optimizer/default.py HYPER_DICT["linear"], train.py, features.py
+    templates: str = "default"  # Tip-Adapter's hand-crafted templates: one text sample per (class, template)
+    modality: str = "cross"  # cross: half of every batch is text samples | uni: images only
+    init: str = "zeroshot"  # zeroshot (argparse default) | random
+    text_batch_ratio: float = 0.5  # CROSS_MODAL_BATCH_RATIO
+    iterations: int = 12800
+    warmup_iterations: int = 50
+    warmup_lr: float = 1e-5
+    eval_every: int = 100
+    logit_scale: float = 100.0  # exp(4.60517), fixed
+    # the fixed recipe used without validation: the first point of the official grid
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    # searched on validation when the policy gives one (AdamW)
+    search_lr: tuple[float, ...] = (1e-3, 1e-4)
+    search_weight_decay: tuple[float, ...] = (0.0, 1e-2, 1e-4)
+    search_batch_size: tuple[int, ...] = (8, 32)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.modality not in ("cross", "uni") or self.init not in ("zeroshot", "random"):
+            raise ConfigError("modality must be cross|uni and init zeroshot|random.")
+
+
+@register_method
+class CrossModalLP(FeatureHead):
+    """Cross-modal linear probe: a linear head trained on image features *and* class text embeddings.
+
+    Lin et al., "Multimodality Helps Unimodality: Cross-Modal Few-Shot Learning with
+    Multimodal Models", CVPR 2023, https://arxiv.org/abs/2301.06267; official code
+    linzhiqiu/cross_modal_adaptation. Head ``100 * W normalize(x)`` (W not normalised, no bias),
+    initialised with the zero-shot weights; each batch is half text samples (normalised
+    per-template embeddings) and half image samples (the eval view and its horizontal flip);
+    AdamW, 50 warm-up iterations then cosine over 12,800; validation every 100 iterations keeps
+    the best checkpoint, and (lr, weight decay, batch size) is searched over the official grid
+    on validation. Without validation: the grid's first point, last iterate.
+
+    Example: ``vlpeft train --method cross-modal-lp --shots 16 ...``
+    """
+
+    name = "cross-modal-lp"
+    paper = "https://arxiv.org/abs/2301.06267"
+    config_class = CrossModalConfig
+    trained_by_gradient = True
+    identity_at_init = True  # zero-shot initialisation (with init=random it is not)
+
+    def train_views(self) -> TrainViews:
+        return TrainViews(AugmentSpec(crop="center", flip_p=1.0), 1, include_eval=True)
+
+    def build(self, num_classes: int, embed_dim: int) -> None:
+        self.weight = nn.Parameter(torch.empty(num_classes, embed_dim))
+
+    def prepare(self, data: HeadData) -> None:
+        raw = data.text.raw(self.config.templates)  # (T, C, D)
+        self.build(data.num_classes, raw.shape[-1])
+        with torch.no_grad():
+            if self.config.init == "zeroshot":  # normalize(mean of unnormalised template embeddings)
+                self.weight.copy_(F.normalize(raw.mean(0), dim=-1))
+            else:
+                nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Linear's default
+        self._initial = copy.deepcopy(self.state_dict())
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.config.logit_scale * F.normalize(features, dim=-1) @ self.weight.t()
+
+    def fit(self, data: HeadData) -> dict[str, Any]:
+        self.prepare(data)
+        settings = self._settings(data)
+        runs = []
+        for lr, wd, bs in settings:
+            self.load_state_dict(self._initial)
+            runs.append((self._train(data, lr, wd, bs), (lr, wd, bs), copy.deepcopy(self.state_dict())))
+        best = max(range(len(runs)), key=lambda i: (runs[i][0], -i))  # highest val accuracy, first on ties
+        self.load_state_dict(runs[best][2])
+        lr, wd, bs = runs[best][1]
+        return {
+            "lr": lr,
+            "weight_decay": wd,
+            "batch_size": bs,
+            "val_accuracy": runs[best][0],
+            "runs": len(runs),
+        }
+
+    def _settings(self, data: HeadData) -> list[tuple[float, float, int]]:
+        cfg = self.config
+        if data.val is None:
+            return [(cfg.lr, cfg.weight_decay, cfg.batch_size)]
+        grid = [
+            (lr, wd, bs)
+            for lr in cfg.search_lr
+            for wd in cfg.search_weight_decay
+            for bs in cfg.search_batch_size
+        ]
+        n_images, n_text = self._sample_counts(data)
+        usable = [(lr, wd, bs) for lr, wd, bs in grid if self._fits(bs, n_images, n_text)]
+        return usable or [(cfg.lr, cfg.weight_decay, min(cfg.search_batch_size))]
+
+    def _sample_counts(self, data: HeadData) -> tuple[int, int]:
+        templates = len(data.text.templates(self.config.templates))
+        return data.train.features.shape[0] * data.train.features.shape[1], templates * data.num_classes
+
+    def _fits(self, bs: int, n_images: int, n_text: int) -> bool:
+        """The official rule: both parts of the batch must be smaller than their sample counts."""
+        text_bs = self._text_bs(bs)
+        return text_bs < n_text and bs - text_bs < n_images
+
+    def _text_bs(self, bs: int) -> int:
+        return int(bs * self.config.text_batch_ratio) if self.config.modality == "cross" else 0
+
+    def _train(self, data: HeadData, lr: float, wd: float, bs: int) -> float:
+        images = data.train.features.flatten(0, 1)  # (V*N, D): eval view and flipped view
+        image_labels = data.train.labels.repeat(data.train.num_views)
+        text = F.normalize(data.text.raw(self.config.templates), dim=-1).flatten(0, 1)  # (T*C, D)
+        text_labels = torch.arange(data.num_classes).repeat(text.shape[0] // data.num_classes)
+        text_bs = self._text_bs(bs)
+        streams = [_Stream(len(images), bs - text_bs, data.seed), _Stream(len(text), text_bs, data.seed + 1)]
+        optimizer = build_optimizer("adamw", [self.weight], lr, wd)
+        best = (-1.0, None)
+        for it in range(self.config.iterations):
+            if data.val is not None and it % self.config.eval_every == 0:
+                best = self._keep_if_best(data, best)
+            set_lr(optimizer, self._lr(lr, it))
+            i, t = streams[0].next(), streams[1].next()
+            x = torch.cat([images[i], text[t]])
+            y = torch.cat([image_labels[i], text_labels[t]])
+            loss = F.cross_entropy(self.logits(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if data.val is not None:
+            best = self._keep_if_best(data, best)
+            self.load_state_dict(best[1])
+        return best[0]
+
+    def _lr(self, lr: float, it: int) -> float:
+        """Linear warm-up (first step at warmup_lr), then cosine over all iterations."""
+        warm = self.config.warmup_iterations
+        if it < warm:
+            return self.config.warmup_lr if it == 0 else lr * it / warm
+        return cosine(lr, it - warm, self.config.iterations)
+
+    @torch.no_grad()
+    def _keep_if_best(self, data: HeadData, best: tuple[float, Any]) -> tuple[float, Any]:
+        acc = float((self.logits(data.val.view(0)).argmax(1) == data.val.labels).float().mean()) * 100
+        return (acc, copy.deepcopy(self.state_dict())) if acc > best[0] else best
+
+
+class _Stream:
+    """Endless shuffled batches of ``size`` indices out of ``n`` (drop_last, reshuffled each pass)."""
+
+    def __init__(self, n: int, size: int, seed: int):
+        self.n, self.size = n, size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order, self.pos = torch.empty(0, dtype=torch.long), 0
+
+    def next(self) -> torch.Tensor:
+        if self.size == 0:
+            return torch.empty(0, dtype=torch.long)
+        if self.pos + self.size > len(self.order):
+            self.order, self.pos = torch.randperm(self.n, generator=self.generator), 0
+        out = self.order[self.pos : self.pos + self.size]
+        self.pos += self.size
+        return out
+
+
+@dataclass
+class ZSInitLPConfig(CrossModalConfig):
+    modality: str = "uni"
+
+
+@register_method
+class ZSInitLP(CrossModalLP):
+    """Zero-shot-initialised linear probe: the cross-modal recipe on image samples only.
+
+    The uni-modal baseline of Lin et al., CVPR 2023 (``--modality uni_modal --classifier_init
+    zeroshot`` in linzhiqiu/cross_modal_adaptation). At initialisation its predictions are
+    zero-shot CLIP's.
+
+    Example: ``vlpeft train --method zs-init-lp ...``
+    """
+
+    name = "zs-init-lp"
+    config_class = ZSInitLPConfig
