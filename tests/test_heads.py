@@ -133,12 +133,12 @@ def test_loss_goes_down_on_a_toy_batch(name):
     head.prepare(data)
     x, y = data.train.view(1), data.train.labels
     optimizer = torch.optim.Adam(head.trainable_parameters(), lr=1e-2)
-    before = float(head.loss(x, y))
+    before = head.loss(x, y).item()
     for _ in range(30):
         optimizer.zero_grad()
         head.loss(x, y).backward()
         optimizer.step()
-    assert float(head.loss(x, y)) < before
+    assert head.loss(x, y).item() < before
 
 
 @pytest.mark.parametrize("name", HEADS)
@@ -381,3 +381,30 @@ def test_cross_modal_uses_text_samples():
     uni.fit(data)
     assert not torch.allclose(cross.weight, uni.weight)
     assert isinstance(cross, CrossModalLP)
+
+
+def test_stacked_grid_training_equals_torch_adamw_one_setting_at_a_time():
+    """The (lr, wd) settings of one batch size train at once; each must match a plain AdamW run."""
+    from vlpeft.methods.cross_modal import _Stream
+
+    data = toy_data(val=False)
+    head = make_head("cross-modal-lp", iterations="60", warmup_iterations="10")
+    head.prepare(data)
+    init = head.weight.detach().clone()
+    settings = [(1e-2, 0.0, 8), (3e-3, 1e-2, 8)]
+    _, stacked = head._train_group(data, settings, 8, init)
+    images, image_labels, text, text_labels = head._samples(data)
+    for (lr, wd, bs), result in zip(settings, stacked, strict=True):
+        weight = torch.nn.Parameter(init.clone())
+        optimizer = torch.optim.AdamW([weight], lr=lr, weight_decay=wd)
+        streams = [_Stream(len(images), bs - 4, data.seed), _Stream(len(text), 4, data.seed + 1)]
+        for it in range(60):
+            for group in optimizer.param_groups:
+                group["lr"] = head._lr(lr, it)
+            i, t = streams[0].next(), streams[1].next()
+            logits = 100 * torch.cat([images[i], text[t]]) @ weight.t()
+            loss = F.cross_entropy(logits, torch.cat([image_labels[i], text_labels[t]]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        torch.testing.assert_close(result, weight.detach(), atol=1e-5, rtol=1e-4)

@@ -173,16 +173,21 @@ class APE(FeatureHead):
         return {**best, "channels": len(self.channels), "searched": True}
 
     def _search(self, clip: torch.Tensor, affinity: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """beta, then alpha, then gamma (strict '>': the first best wins), as ``main.py`` loops."""
+        """beta, then alpha, then gamma (strict '>': the first best wins), as ``main.py`` loops.
+
+        ``kernel @ values`` depends on (beta, gamma) only, so it is computed once per pair and
+        scaled by each alpha: the same visiting order and results as the code's loop.
+        """
         (sb, sa, sg), (nb, na) = self.config.search_scale, self.config.search_step
         gammas = [i * sg / self.config.gamma_steps for i in range(self.config.gamma_steps)]
         values = [self._refinement(g) for g in gammas]
         best = {"val_accuracy": -1.0}
         for beta in search_grid(sb, nb):
             kernel = torch.exp(-(beta - beta * affinity))
+            cache = [kernel @ vals for vals in values]
             for alpha in search_grid(sa, na):
-                for gamma, vals in zip(gammas, values, strict=True):
-                    acc = float(((clip + alpha * kernel @ vals).argmax(1) == labels).float().mean()) * 100
+                for gamma, cached in zip(gammas, cache, strict=True):
+                    acc = float(((clip + alpha * cached).argmax(1) == labels).float().mean()) * 100
                     if acc > best["val_accuracy"]:
                         best = {"val_accuracy": acc, "alpha": alpha, "beta": beta, "gamma": gamma}
         return best

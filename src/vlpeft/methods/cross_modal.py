@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlpeft.data.transforms import AugmentSpec
-from vlpeft.engine.schedules import build_optimizer, cosine, set_lr
+from vlpeft.engine.schedules import cosine
 from vlpeft.errors import ConfigError
 from vlpeft.methods.base import register_method
 from vlpeft.methods.feature_head import FeatureHead, HeadConfig, HeadData, TrainViews
@@ -80,7 +79,6 @@ class CrossModalLP(FeatureHead):
                 self.weight.copy_(F.normalize(raw.mean(0), dim=-1))
             else:
                 nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Linear's default
-        self._initial = copy.deepcopy(self.state_dict())
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.config.logit_scale * F.normalize(features, dim=-1) @ self.weight.t()
@@ -88,19 +86,24 @@ class CrossModalLP(FeatureHead):
     def fit(self, data: HeadData) -> dict[str, Any]:
         self.prepare(data)
         settings = self._settings(data)
-        runs = []
-        for lr, wd, bs in settings:
-            self.load_state_dict(self._initial)
-            runs.append((self._train(data, lr, wd, bs), (lr, wd, bs), copy.deepcopy(self.state_dict())))
-        best = max(range(len(runs)), key=lambda i: (runs[i][0], -i))  # highest val accuracy, first on ties
-        self.load_state_dict(runs[best][2])
-        lr, wd, bs = runs[best][1]
+        init = self.weight.detach().clone()
+        results: dict[int, tuple[float, torch.Tensor]] = {}
+        for bs in dict.fromkeys(s[2] for s in settings):  # batch sizes, in grid order
+            group = [i for i, s in enumerate(settings) if s[2] == bs]
+            accs, weights = self._train_group(data, [settings[i] for i in group], bs, init)
+            results.update({i: (acc, w) for i, acc, w in zip(group, accs, weights, strict=True)})
+        best = max(
+            range(len(settings)), key=lambda i: (results[i][0], -i)
+        )  # highest val accuracy, first on ties
+        with torch.no_grad():
+            self.weight.copy_(results[best][1])
+        lr, wd, bs = settings[best]
         return {
             "lr": lr,
             "weight_decay": wd,
             "batch_size": bs,
-            "val_accuracy": runs[best][0],
-            "runs": len(runs),
+            "val_accuracy": results[best][0],
+            "runs": len(settings),
         }
 
     def _settings(self, data: HeadData) -> list[tuple[float, float, int]]:
@@ -129,30 +132,43 @@ class CrossModalLP(FeatureHead):
     def _text_bs(self, bs: int) -> int:
         return int(bs * self.config.text_batch_ratio) if self.config.modality == "cross" else 0
 
-    def _train(self, data: HeadData, lr: float, wd: float, bs: int) -> float:
-        images = data.train.features.flatten(0, 1)  # (V*N, D): eval view and flipped view
+    def _samples(self, data: HeadData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised image samples (eval + flipped views) and text samples (one per class and template)."""
+        images = F.normalize(data.train.features.flatten(0, 1), dim=-1)  # (V*N, D)
         image_labels = data.train.labels.repeat(data.train.num_views)
         text = F.normalize(data.text.raw(self.config.templates), dim=-1).flatten(0, 1)  # (T*C, D)
         text_labels = torch.arange(data.num_classes).repeat(text.shape[0] // data.num_classes)
+        return images, image_labels, text, text_labels
+
+    def _train_group(
+        self, data: HeadData, settings: list[tuple[float, float, int]], bs: int, init: torch.Tensor
+    ) -> tuple[list[float], list[torch.Tensor]]:
+        """Train one head per (lr, wd) setting of batch size ``bs`` at once.
+
+        The settings see the same batches (the streams are seeded by the run's seed), so their
+        heads are stacked into one (S, C, D) tensor and stepped by a per-setting AdamW: the
+        same updates as training them one after another, in one pass.
+        """
+        images, image_labels, text, text_labels = self._samples(data)
         text_bs = self._text_bs(bs)
         streams = [_Stream(len(images), bs - text_bs, data.seed), _Stream(len(text), text_bs, data.seed + 1)]
-        optimizer = build_optimizer("adamw", [self.weight], lr, wd)
-        best = (-1.0, None)
+        weights = init.expand(len(settings), -1, -1).clone()  # (S, C, D)
+        adamw = _StackedAdamW(weights, [s[0] for s in settings], [s[1] for s in settings])
+        best = [(-1.0, weights[s].clone()) for s in range(len(settings))]
         for it in range(self.config.iterations):
             if data.val is not None and it % self.config.eval_every == 0:
-                best = self._keep_if_best(data, best)
-            set_lr(optimizer, self._lr(lr, it))
+                best = self._keep_best(data, weights, best)
             i, t = streams[0].next(), streams[1].next()
-            x = torch.cat([images[i], text[t]])
-            y = torch.cat([image_labels[i], text_labels[t]])
-            loss = F.cross_entropy(self.logits(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        if data.val is not None:
-            best = self._keep_if_best(data, best)
-            self.load_state_dict(best[1])
-        return best[0]
+            x, y = torch.cat([images[i], text[t]]), torch.cat([image_labels[i], text_labels[t]])
+            weights.requires_grad_(True)
+            logits = self.config.logit_scale * torch.einsum("bd,scd->sbc", x, weights)  # (S, B, C)
+            loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(settings)), reduction="sum") / len(y)
+            (grad,) = torch.autograd.grad(loss, weights)
+            weights = weights.detach()
+            adamw.step(weights, grad, [self._lr(s[0], it) for s in settings])
+        if data.val is None:
+            return [-1.0] * len(settings), list(weights)
+        return [b[0] for b in best], [b[1] for b in best]
 
     def _lr(self, lr: float, it: int) -> float:
         """Linear warm-up (first step at warmup_lr), then cosine over all iterations."""
@@ -162,9 +178,35 @@ class CrossModalLP(FeatureHead):
         return cosine(lr, it - warm, self.config.iterations)
 
     @torch.no_grad()
-    def _keep_if_best(self, data: HeadData, best: tuple[float, Any]) -> tuple[float, Any]:
-        acc = float((self.logits(data.val.view(0)).argmax(1) == data.val.labels).float().mean()) * 100
-        return (acc, copy.deepcopy(self.state_dict())) if acc > best[0] else best
+    def _keep_best(
+        self, data: HeadData, weights: torch.Tensor, best: list[tuple[float, torch.Tensor]]
+    ) -> list[tuple[float, torch.Tensor]]:
+        """Per setting: keep the weights with the best validation accuracy (strict '>': the earliest)."""
+        feats = F.normalize(data.val.view(0), dim=-1)
+        preds = torch.einsum("nd,scd->snc", feats, weights).argmax(-1)  # (S, N)
+        accs = (preds == data.val.labels).float().mean(dim=1) * 100
+        return [
+            (float(a), weights[s].clone()) if float(a) > b[0] else b
+            for s, (a, b) in enumerate(zip(accs, best, strict=True))
+        ]
+
+
+class _StackedAdamW:
+    """``torch.optim.AdamW`` (betas 0.9/0.999, eps 1e-8) for a stack of parameters, one lr/wd each."""
+
+    def __init__(self, param: torch.Tensor, lrs: list[float], weight_decays: list[float]):
+        self.m, self.v, self.t = torch.zeros_like(param), torch.zeros_like(param), 0
+        self.wd = torch.tensor(weight_decays, dtype=param.dtype)[:, None, None]
+
+    @torch.no_grad()
+    def step(self, param: torch.Tensor, grad: torch.Tensor, lrs: list[float]) -> None:
+        self.t += 1
+        lr = torch.tensor(lrs, dtype=param.dtype)[:, None, None]
+        param.mul_(1 - lr * self.wd)  # decoupled weight decay
+        self.m.mul_(0.9).add_(grad, alpha=0.1)
+        self.v.mul_(0.999).addcmul_(grad, grad, value=0.001)
+        denom = (self.v / (1 - 0.999**self.t)).sqrt_().add_(1e-8)
+        param.sub_(lr / (1 - 0.9**self.t) * self.m / denom)
 
 
 class _Stream:
