@@ -258,7 +258,7 @@ def test_lpp_step_sizes_and_alpha_init_by_hand():
     labels = data.train.labels.numpy()
     cos = feats @ text.T
     alpha0 = 250 * np.mean([cos[labels == c].mean(0) for c in range(4)])
-    assert float(head.alpha[0]) == pytest.approx(alpha0, rel=1e-5) and bool(
+    assert head.alpha[0].item() == pytest.approx(alpha0, rel=1e-5) and bool(
         (head.alpha == head.alpha[0]).all()
     )
     sums = np.stack([feats[labels == c].sum(0) for c in range(4)])

@@ -63,6 +63,19 @@ class Split(str, Enum):
     test = "test"
 
 
+# Options shared by several commands.
+ModelOpt = Annotated[str, typer.Option("--model", help="Backbone spec: hf:<id>, local:<dir> or a directory.")]
+DatasetOpt = Annotated[str, typer.Option("--dataset", help="Dataset name (see `vlpeft datasets list`).")]
+RootOpt = Annotated[Path, typer.Option("--root", help="Data root (the folder holding the dataset folder).")]
+SubsampleOpt = Annotated[Subsample, typer.Option("--subsample", help="Classes to keep: all, base or new.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", help="Data-loading processes.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="Weights dtype: float32, float16, bfloat16.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing result.json.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
 def _version(value: bool) -> None:
     if value:
         out_console.print(f"vlpeft {__version__}")
@@ -103,7 +116,7 @@ def main_options(
 
 
 @datasets_app.command("list")
-def datasets_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def datasets_list(as_json: JsonOpt = False) -> None:
     """List the registered datasets."""
     from vlpeft.data import DATASETS
 
@@ -128,8 +141,8 @@ def datasets_list(as_json: Annotated[bool, typer.Option("--json", help="Print JS
 @datasets_app.command("check")
 def datasets_check(
     name: Annotated[str, typer.Argument(help="Dataset name (see `vlpeft datasets list`).")],
-    root: Annotated[Path, typer.Option("--root", help="Data root (the folder holding the dataset folder).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    root: RootOpt,
+    as_json: JsonOpt = False,
 ) -> None:
     """Report what is missing from a dataset folder and the layout expected."""
     from dataclasses import asdict
@@ -163,10 +176,10 @@ def _print_check(report) -> None:
 @datasets_app.command("fewshot")
 def datasets_fewshot(
     name: Annotated[str, typer.Argument(help="Dataset name.")],
-    root: Annotated[Path, typer.Option("--root", help="Data root.")],
+    root: RootOpt,
     shots: Annotated[int, typer.Option("--shots", help="Images per class (K).", min=1)],
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed (CoOp's cfg.SEED).")] = 1,
-    subsample: Annotated[Subsample, typer.Option("--subsample", help="Classes to keep.")] = Subsample.all,
+    subsample: SubsampleOpt = Subsample.all,
 ) -> None:
     """Print the K-shot train and val images (paths as in the split file, in sampling order) as JSON."""
     from vlpeft.data import load_dataset
@@ -182,7 +195,7 @@ def datasets_make_split(
     name: Annotated[
         str, typer.Argument(help="Dataset name (Caltech101, DescribableTextures, EuroSAT, Food101).")
     ],
-    root: Annotated[Path, typer.Option("--root", help="Data root.")],
+    root: RootOpt,
     seed: Annotated[int, typer.Option("--seed", help="Shuffling seed.")] = 1,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing split file.")] = False,
 ) -> None:
@@ -229,7 +242,7 @@ def models_info(
 
 @methods_app.command("list")
 def methods_list(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOpt = False,
     embed_dim: Annotated[int, typer.Option("--dim", help="Feature size D for the parameter count.")] = 512,
     classes: Annotated[int, typer.Option("--classes", help="Classes C for the parameter count.")] = 100,
     shots: Annotated[int, typer.Option("--shots", help="Shots K for the parameter count.")] = 16,
@@ -258,11 +271,9 @@ def methods_list(
 @app.command("train")
 def train_command(
     method: Annotated[str, typer.Option("--method", help="Method name (see `vlpeft methods list`).")],
-    model: Annotated[
-        str, typer.Option("--model", help="Backbone spec: hf:<id>, local:<dir> or a directory.")
-    ],
-    dataset: Annotated[str, typer.Option("--dataset", help="Dataset name (see `vlpeft datasets list`).")],
-    root: Annotated[Path, typer.Option("--root", help="Data root.")],
+    model: ModelOpt,
+    dataset: DatasetOpt,
+    root: RootOpt,
     out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
     shots: Annotated[
         int, typer.Option("--shots", help="Images per class (CoOp sampling); 0 = all.", min=0)
@@ -271,7 +282,7 @@ def train_command(
     val_policy: Annotated[
         ValPolicy, typer.Option("--val-policy", help="What searches may look at: none | fewshot | full.")
     ] = ValPolicy.fewshot,
-    subsample: Annotated[Subsample, typer.Option("--subsample", help="Classes to keep.")] = Subsample.all,
+    subsample: SubsampleOpt = Subsample.all,
     settings: Annotated[
         list[str] | None, typer.Option("--set", help="Method setting key=value (repeatable).")
     ] = None,
@@ -279,13 +290,11 @@ def train_command(
         Path | None,
         typer.Option("--cache-dir", help="Feature cache (default: $VLPEFT_CACHE_DIR or ~/.cache/vlpeft)."),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")] = 64,
-    workers: Annotated[int, typer.Option("--workers", help="Data-loading processes.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    dtype: Annotated[
-        str | None, typer.Option("--dtype", help="Weights dtype: float32, float16, bfloat16.")
-    ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing result.json.")] = False,
+    batch_size: BatchOpt = 64,
+    workers: WorkersOpt = 0,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Adapt a backbone with METHOD on a few-shot split, evaluate on test, write a shippable run directory."""
     from vlpeft.engine.runner import TrainConfig, run_train
@@ -317,8 +326,8 @@ def predict_command(
     run: Annotated[Path, typer.Option("--run", help="A run directory written by `vlpeft train`.")],
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     top_k: Annotated[int, typer.Option("--top-k", help="Classes to show per image.", min=1)] = 5,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    as_json: JsonOpt = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Classify images with a trained run (loads only the backbone and the saved adapter)."""
     from vlpeft.engine.runner import predict
@@ -339,22 +348,18 @@ def predict_command(
 
 @app.command("eval")
 def eval_command(
-    model: Annotated[
-        str, typer.Option("--model", help="Backbone spec: hf:<id>, local:<dir> or a directory.")
-    ],
-    dataset: Annotated[str, typer.Option("--dataset", help="Dataset name (see `vlpeft datasets list`).")],
-    root: Annotated[Path, typer.Option("--root", help="Data root.")],
+    model: ModelOpt,
+    dataset: DatasetOpt,
+    root: RootOpt,
     out: Annotated[Path, typer.Option("--out", help="Run directory for result.json.")],
     split: Annotated[Split, typer.Option("--split", help="Split to evaluate.")] = Split.test,
     templates: Annotated[Templates, typer.Option("--templates", help="Prompt templates.")] = Templates.single,
-    subsample: Annotated[Subsample, typer.Option("--subsample", help="Classes to keep.")] = Subsample.all,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch.")] = 64,
-    workers: Annotated[int, typer.Option("--workers", help="Data-loading processes.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    dtype: Annotated[
-        str | None, typer.Option("--dtype", help="Weights dtype: float32, float16, bfloat16.")
-    ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing result.json.")] = False,
+    subsample: SubsampleOpt = Subsample.all,
+    batch_size: BatchOpt = 64,
+    workers: WorkersOpt = 0,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Zero-shot evaluation of a backbone on one split; writes OUT/result.json."""
     from vlpeft.engine.evaluate import EvalConfig, run_zero_shot_eval

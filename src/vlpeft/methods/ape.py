@@ -15,8 +15,8 @@ from vlpeft.data.transforms import AugmentSpec
 from vlpeft.engine.train import train_head
 from vlpeft.errors import ConfigError
 from vlpeft.methods.base import register_method
-from vlpeft.methods.feature_head import FeatureHead, HeadConfig, HeadData, TrainedHeadConfig, TrainViews
-from vlpeft.methods.tip_adapter import cache_logits, search_alpha_beta, search_grid
+from vlpeft.methods.feature_head import FeatureHead, HeadConfig, HeadData, TrainViews
+from vlpeft.methods.tip_adapter import TipTrainingRecipe, cache_logits, search_grid, tip_search
 
 # yangyangyang127/APE configs/<dataset>.yaml: init_alpha, search_scale (beta, alpha, gamma), gamma
 # steps, training_free_feat_num, w_training_free; APE-T: lr, eps, train_epoch, training_feat_num.
@@ -194,22 +194,13 @@ class APE(FeatureHead):
 
 
 @dataclass
-class APETConfig(TrainedHeadConfig, APEConfig):
-    # yangyangyang127/APE main.py APE_Training + configs/imagenet.yaml (training_feat_num, w_training)
+class APETConfig(TipTrainingRecipe, APEConfig):
+    # yangyangyang127/APE main.py APE_Training, configs/imagenet.yaml (training_feat_num, w_training, lr, eps)
     feat_num: int = 500
     w: tuple[float, float] = (0.2, 0.8)
-    optimizer: str = "adamw"
     lr: float = 1e-4
     eps: float = 1e-3
     weight_decay: float = 0.1
-    epochs: int = 20
-    batch_size: int = 256
-    schedule: str = "cosine-iter"
-    warmup_epochs: int = 0
-    batches_per_epoch: str = "ceil"
-    views: int = 10
-    aug_scale: tuple[float, float] = (0.5, 1.0)
-    select_on_val: bool = True
 
 
 @register_method
@@ -266,15 +257,4 @@ class APET(APE):
         with torch.no_grad():
             clip, affinity = self._parts(data.val.view(0))
             values = self.values * self.value_weights
-        scale, steps = self.config.search_scale, self.config.search_step
-        acc, alpha, beta = search_alpha_beta(
-            clip,
-            affinity,
-            values,
-            data.val.labels,
-            search_grid(scale[0], steps[0]),
-            search_grid(scale[1], steps[1]),
-        )
-        self.alpha.fill_(alpha)
-        self.beta.fill_(beta)
-        return {**report, "alpha": alpha, "beta": beta, "val_accuracy": acc, "searched": True}
+        return {**report, **tip_search(self, clip, affinity, values, data.val.labels)}

@@ -61,6 +61,19 @@ def search_alpha_beta(
     return best
 
 
+def tip_search(
+    head: nn.Module, clip: torch.Tensor, affinity: torch.Tensor, values: torch.Tensor, labels: torch.Tensor
+) -> dict[str, Any]:
+    """Search ``head``'s alpha/beta over its config's grids on validation and set them (Tip, APE-T)."""
+    scale, steps = head.config.search_scale, head.config.search_step
+    with torch.no_grad():
+        grids = search_grid(scale[0], steps[0]), search_grid(scale[1], steps[1])
+        acc, alpha, beta = search_alpha_beta(clip, affinity, values, labels, *grids)
+    head.alpha.fill_(alpha)
+    head.beta.fill_(beta)
+    return {"alpha": alpha, "beta": beta, "val_accuracy": acc, "searched": True}
+
+
 @dataclass
 class TipAdapterConfig(HeadConfig):
     # gaopengcuhk/Tip-Adapter configs/imagenet.yaml (generic default; per-dataset values in TIP_PRESETS)
@@ -118,18 +131,7 @@ class TipAdapter(FeatureHead):
         with torch.no_grad():
             f = F.normalize(data.val.view(0), dim=-1)
             clip, affinity = self.clip_scale * f @ self.weights.t(), f @ self._keys().t()
-        scale, steps = self.config.search_scale, self.config.search_step
-        acc, alpha, beta = search_alpha_beta(
-            clip,
-            affinity,
-            self.values,
-            data.val.labels,
-            search_grid(scale[0], steps[0]),
-            search_grid(scale[1], steps[1]),
-        )
-        self.alpha.fill_(alpha)
-        self.beta.fill_(beta)
-        return {"alpha": alpha, "beta": beta, "val_accuracy": acc, "searched": True}
+        return tip_search(self, clip, affinity, self.values, data.val.labels)
 
     def _keys(self) -> torch.Tensor:
         return self.keys
@@ -141,13 +143,10 @@ class TipAdapter(FeatureHead):
 
 
 @dataclass
-class TipAdapterFConfig(TrainedHeadConfig, TipAdapterConfig):
-    # gaopengcuhk/Tip-Adapter main.py + configs/imagenet.yaml: AdamW(lr, eps=1e-4), cosine over
-    # train_epoch * len(loader) iterations, batch 256, 20 epochs, fresh augmentation each batch.
+class TipTrainingRecipe(TrainedHeadConfig):
+    # gaopengcuhk/Tip-Adapter main.py run_tip_adapter_F (APE-T uses the same loop): AdamW, cosine over
+    # train_epoch * len(loader) iterations, batch 256, fresh augmentation each batch, 20 epochs.
     optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.01  # torch AdamW default (the code does not set it)
-    eps: float = 1e-4
     epochs: int = 20
     batch_size: int = 256
     schedule: str = "cosine-iter"
@@ -156,6 +155,14 @@ class TipAdapterFConfig(TrainedHeadConfig, TipAdapterConfig):
     views: int = 10
     aug_scale: tuple[float, float] = (0.5, 1.0)
     select_on_val: bool = True
+
+
+@dataclass
+class TipAdapterFConfig(TipTrainingRecipe, TipAdapterConfig):
+    # gaopengcuhk/Tip-Adapter configs/imagenet.yaml: lr 1e-3; main.py: AdamW(eps=1e-4)
+    lr: float = 1e-3
+    weight_decay: float = 0.01  # torch AdamW default (the code does not set it)
+    eps: float = 1e-4
 
 
 @register_method
