@@ -106,12 +106,32 @@ def tiny_dir(request, tiny_clip, tiny_siglip) -> Path:
     return tiny_clip if request.param == "clip" else tiny_siglip
 
 
+def make_shapes_folder(root: Path, per_class: int = 10, seed: int = 0) -> Path:
+    """An image-folder dataset (one folder per class) of four coloured shapes drawn by the world renderer."""
+    import random
+
+    from vlpeft.data.world.render import Scene, render
+    from vlpeft.data.world.scenes import make_object
+
+    classes = {
+        "red circle": ("circle", "red"),
+        "blue square": ("square", "blue"),
+        "green triangle": ("triangle", "green"),
+        "yellow ring": ("ring", "yellow"),
+    }
+    rng = random.Random(seed)
+    for name, (shape, color) in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            obj = make_object(rng, shape, color, "plain", rng.choice(("small", "medium", "large")), "center")
+            render(Scene((obj,), "plain", "flat", rng.getrandbits(31)), 48).save(root / name / f"{i:03d}.png")
+    return root
+
+
 @pytest.fixture
 def shapes_folder(tmp_path) -> Path:
     """A small image-folder dataset of coloured shapes (4 classes x 10 images)."""
-    from vlpeft.demo import make_demo_dataset
-
-    return make_demo_dataset(tmp_path / "shapes", per_class=10, seed=0)
+    return make_shapes_folder(tmp_path / "shapes")
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,9 @@ from vlpeft.methods.taskres import TaskRes
 from vlpeft.methods.tip_adapter import TipAdapter, cache_logits, search_grid
 from vlpeft.methods.zero_shot import ZeroShot
 
-HEADS = [n for n in list_methods() if issubclass(get_method(n), FeatureHead)]
+HEADS = [
+    n for n in list_methods() if issubclass(get_method(n), FeatureHead) and not get_method(n).needs_backbone
+]
 FAST = {  # keep every head's own recipe but shrink its length for the toy problem
     "epochs": 15, "iterations": 150, "search_step": (20, 5), "search_steps": 3, "views": 3,
     "search_lr": (1e-3,), "search_weight_decay": (0.0,), "search_batch_size": (8,), "feat_num": 8,

@@ -26,9 +26,13 @@ app = typer.Typer(
 datasets_app = typer.Typer(help="List, check and sample datasets.", no_args_is_help=True)
 models_app = typer.Typer(help="Create and inspect backbone checkpoints.", no_args_is_help=True)
 methods_app = typer.Typer(help="List the adaptation methods.", no_args_is_help=True)
+world_app = typer.Typer(
+    help="vlpeft's generated world: datasets for offline demos and tests.", no_args_is_help=True
+)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 app.add_typer(methods_app, name="methods")
+app.add_typer(world_app, name="world")
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -246,6 +250,10 @@ def methods_list(
     embed_dim: Annotated[int, typer.Option("--dim", help="Feature size D for the parameter count.")] = 512,
     classes: Annotated[int, typer.Option("--classes", help="Classes C for the parameter count.")] = 100,
     shots: Annotated[int, typer.Option("--shots", help="Shots K for the parameter count.")] = 16,
+    text_width: Annotated[int, typer.Option("--text-width", help="Text width W for prompt learners.")] = 512,
+    vision_width: Annotated[
+        int, typer.Option("--vision-width", help="Vision width for visual prompts.")
+    ] = 768,
 ) -> None:
     """List methods: name, family, paper, and trainable parameters for a D-dim, C-class, K-shot problem."""
     from vlpeft.methods import METHODS
@@ -254,7 +262,7 @@ def methods_list(
     rows = []
     for name in METHODS.names():
         cls = METHODS.get(name)
-        count = trainable_parameter_count(cls, embed_dim, classes, shots)
+        count = trainable_parameter_count(cls, embed_dim, classes, shots, text_width, vision_width)
         rows.append({"name": name, "family": cls.family, "paper": cls.paper, "trainable_parameters": count})
     if as_json:
         out_console.print_json(json.dumps(rows))
@@ -348,20 +356,54 @@ def predict_command(
 
 @app.command("eval")
 def eval_command(
-    model: ModelOpt,
-    dataset: DatasetOpt,
-    root: RootOpt,
-    out: Annotated[Path, typer.Option("--out", help="Run directory for result.json.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for result.json.")],
+    model: Annotated[
+        str | None, typer.Option("--model", help="Backbone spec, for zero-shot evaluation.")
+    ] = None,
+    run: Annotated[Path | None, typer.Option("--run", help="A trained run directory to evaluate.")] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Dataset name (default with --run: its own).")
+    ] = None,
+    root: Annotated[
+        Path | None, typer.Option("--root", help="Data root (default with --run: its own).")
+    ] = None,
     split: Annotated[Split, typer.Option("--split", help="Split to evaluate.")] = Split.test,
-    templates: Annotated[Templates, typer.Option("--templates", help="Prompt templates.")] = Templates.single,
-    subsample: SubsampleOpt = Subsample.all,
+    templates: Annotated[
+        Templates, typer.Option("--templates", help="Prompt templates (zero-shot).")
+    ] = Templates.single,
+    subsample: Annotated[
+        Subsample | None,
+        typer.Option("--subsample", help="Classes: all, base or new (default with --run: its own)."),
+    ] = None,
     batch_size: BatchOpt = 64,
     workers: WorkersOpt = 0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = None,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Feature cache.")] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Zero-shot evaluation of a backbone on one split; writes OUT/result.json."""
+    """Zero-shot evaluation of --model, or of a trained --run (e.g. on new classes); writes result.json."""
+    if (model is None) == (run is None):
+        raise VlpeftError("Give exactly one of --model (zero-shot evaluation) or --run (a trained run).")
+    if run is not None:
+        from vlpeft.engine.runner import evaluate_run
+
+        result = evaluate_run(
+            run,
+            dataset,
+            str(root) if root else None,
+            subsample.value if subsample else None,
+            split.value,
+            out,
+            str(cache_dir) if cache_dir else None,
+            device,
+            overwrite,
+        )
+        _print_run_eval(result)
+        out_console.print(f"Wrote {out / 'result.json'}")
+        return
+    if dataset is None or root is None:
+        raise VlpeftError("Zero-shot evaluation needs --dataset and --root.")
     from vlpeft.engine.evaluate import EvalConfig, run_zero_shot_eval
 
     cfg = EvalConfig(
@@ -370,7 +412,7 @@ def eval_command(
         str(root),
         split.value,
         templates.value,
-        subsample.value,
+        (subsample or Subsample.all).value,
         batch_size,
         workers,
         device,
@@ -379,6 +421,17 @@ def eval_command(
     result = run_zero_shot_eval(cfg, out, overwrite=overwrite)
     _print_metrics(f"zero-shot {dataset} ({split.value})", result)
     out_console.print(f"Wrote {out / 'result.json'}")
+
+
+def _print_run_eval(result: dict) -> None:
+    table = Table(
+        "metric", "value", title=f"{result['method']} on {result['dataset']} ({result['subsample']} classes)"
+    )
+    for key, value in result["metrics"].items():
+        table.add_row(key, f"{value:.2f}")
+    for key, value in result.get("base_to_new", {}).items():
+        table.add_row(f"base-to-new {key}", f"{value:.2f}")
+    out_console.print(table)
 
 
 def _print_metrics(title: str, result: dict) -> None:
@@ -390,16 +443,82 @@ def _print_metrics(title: str, result: dict) -> None:
     out_console.print(table)
 
 
+@world_app.command("generate")
+def world_generate(
+    root: RootOpt,
+    seed: Annotated[int, typer.Option("--seed", help="World seed (the same seed gives the same bytes).")] = 0,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Generate only these datasets.")] = None,
+) -> None:
+    """Write the world datasets (CoOp layout, split files included) under ROOT."""
+    from vlpeft.data.world import WORLD_SETS, generate_world
+
+    names = [n for n in (only or []) if n]
+    unknown = sorted(set(names) - {w.name for w in WORLD_SETS})
+    if unknown:
+        raise VlpeftError(f"Unknown world dataset(s) {unknown}. Available: {[w.name for w in WORLD_SETS]}")
+    generate_world(root, seed, names or None)
+    for ws in WORLD_SETS:
+        if not names or ws.name in names:
+            out_console.print(
+                f"{ws.name:20s} {root / ws.folder}  ({len(ws.classes)} classes; echoes {ws.echoes})"
+            )
+
+
 @app.command("demo")
 def demo_command(
-    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("vlpeft-demo"),
+    out: Annotated[Path, typer.Option("--out", help="Output folder for the tables, plot and report.")] = Path(
+        "vlpeft-demo"
+    ),
+    shots: Annotated[str, typer.Option("--shots", help="Comma-separated shot counts.")] = "1,4,16",
+    seed: Annotated[int, typer.Option("--seed", help="Few-shot sampling seed.")] = 1,
+    datasets: Annotated[
+        str, typer.Option("--datasets", help="Comma-separated world datasets (default: all).")
+    ] = "",
+    methods: Annotated[
+        str, typer.Option("--methods", help="Comma-separated methods (default: all heads).")
+    ] = "",
+    val_policy: Annotated[
+        ValPolicy, typer.Option("--val-policy", help="none | fewshot | full.")
+    ] = ValPolicy.fewshot,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Feature and world cache.")] = None,
 ) -> None:
-    """Run the main job offline on the embedded default and print the results."""
-    from vlpeft.demo import run_demo
+    """Adapt the embedded CLIP with every method on the world datasets; tables, curves and an HTML report."""
+    from vlpeft.demo import DemoConfig, run_demo
+    from vlpeft.report import ZERO_SHOT, markdown
 
-    result = run_demo(out)
-    _print_metrics("demo: zero-shot, tiny model, generated shapes", result)
-    out_console.print(f"Results in {out}")
+    def _split(text: str) -> tuple[str, ...]:
+        return tuple(t.strip() for t in text.split(",") if t.strip())
+
+    try:
+        shot_list = tuple(int(k) for k in _split(shots))
+    except ValueError:
+        raise VlpeftError(f"--shots must be comma-separated integers, got {shots!r}.") from None
+    cfg = DemoConfig(
+        str(out),
+        shot_list,
+        seed,
+        _split(datasets),
+        _split(methods),
+        val_policy.value,
+        str(cache_dir) if cache_dir else None,
+    )
+    summary = run_demo(cfg)
+    for k in shot_list:
+        out_console.print(markdown(summary["rows"], summary["datasets"], summary["methods"], k), markup=False)
+        out_console.print()
+    chance = ", ".join(f"{d} {v:.1f}" for d, v in summary["chance"].items())
+    out_console.print(f"chance (%): {chance}")
+    gains = summary["gains_16"]
+    if gains:
+        best = sorted(gains.items(), key=lambda kv: -kv[1])
+        text = ", ".join(f"{m} {g:+.1f}" for m, g in best)
+        out_console.print(
+            f"{max(shot_list)}-shot gain over {ZERO_SHOT} (points, averaged over datasets): {text}"
+        )
+    out_console.print(
+        f"Wrote {out / 'report.html'}, {out / 'curves.png'}, {out / 'results.md'} "
+        f"in {summary['wall_time_s']:.0f} s"
+    )
 
 
 def main() -> None:

@@ -144,21 +144,26 @@ class FeatureStore:
         raise RuntimeError(f"Feature cache '{directory}' keeps failing to verify; delete it and retry.")
 
     def views(
-        self, dataset: str, items: Sequence[Datum], augment: AugmentSpec, num_views: int
+        self, dataset: str, items: Sequence[Datum], augment: AugmentSpec, num_views: int, tokens: bool = False
     ) -> torch.Tensor:
-        """(V, N, D) features of ``num_views`` augmented views of each item."""
+        """(V, N, D) features (or (V, N, T, D) tokens) of ``num_views`` augmented views of each item."""
         return torch.stack(
-            [self.image_features(dataset, items, ViewSpec(augment, v)) for v in range(num_views)]
+            [self.image_features(dataset, items, ViewSpec(augment, v, tokens)) for v in range(num_views)]
         )
 
     def feature_set(
-        self, dataset: str, items: Sequence[Datum], augment: AugmentSpec | None = None, num_views: int = 1
+        self,
+        dataset: str,
+        items: Sequence[Datum],
+        augment: AugmentSpec | None = None,
+        num_views: int = 1,
+        tokens: bool = False,
     ) -> FeatureSet:
         """A :class:`FeatureSet`: augmented views if ``augment`` is given, else the eval view."""
         if augment is None:
-            feats = self.image_features(dataset, items)[None]
+            feats = self.image_features(dataset, items, ViewSpec(tokens=tokens))[None]
         else:
-            feats = self.views(dataset, items, augment, num_views)
+            feats = self.views(dataset, items, augment, num_views, tokens)
         labels = torch.tensor([item.label for item in items], dtype=torch.long)
         return FeatureSet(feats, labels, [item.relpath for item in items])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -20,6 +21,18 @@ from vlpeft.data.transforms import ImageTransform
 from vlpeft.errors import ConfigError
 
 Tower = Literal["text", "vision"]
+
+
+@dataclass(frozen=True)
+class TextSlots:
+    """Token ids with placeholder slots (see :meth:`Backbone.tokenize_with_slots`)."""
+
+    ids: torch.Tensor  # (N, L)
+    first_slot: int
+    eot: torch.Tensor  # (N,)
+    lengths: torch.Tensor  # (N,) tokens of each text, without special tokens
+
+
 HiddenFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -51,6 +64,15 @@ class Backbone(nn.Module):
     # ---- text side --------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Texts -> (N, L) token ids, padded to ``context_length``."""
+        raise NotImplementedError
+
+    def tokenize_with_slots(self, texts: Sequence[str], n_slots: int) -> TextSlots:
+        """Tokenize ``texts`` with ``n_slots`` placeholder positions in front of each text.
+
+        For learned prompts: the slots' embeddings are replaced by learned vectors. Returns the
+        (N, L) ids, the position of the first slot, the (N,) pooled (EOT) positions and the
+        (N,) number of tokens of each text.
+        """
         raise NotImplementedError
 
     def eot_index(self, token_ids: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vlpeft.backbones.base import Backbone, Tower
+from vlpeft.backbones.base import Backbone, TextSlots, Tower
 from vlpeft.data.transforms import ImageTransform
-from vlpeft.errors import BackboneError
+from vlpeft.errors import BackboneError, ConfigError
 
 FAMILIES = ("clip", "siglip")
 
@@ -71,6 +71,25 @@ class HFBackbone(Backbone):
             return_tensors="pt",
         )
         return enc["input_ids"]  # (N, L)
+
+    def tokenize_with_slots(self, texts: Sequence[str], n_slots: int) -> TextSlots:
+        bodies = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_id
+        bos = self.tokenizer.bos_token_id
+        head = [bos] if self.causal_text and bos is not None else []
+        longest = max(len(head) + n_slots + len(b) + 1 for b in bodies)
+        if longest > self.context_length:
+            raise ConfigError(
+                f"A prompt of {n_slots} context tokens plus the longest text needs {longest} tokens; "
+                f"'{self.spec}' takes {self.context_length}. Use fewer context tokens (n_ctx)."
+            )
+        rows = [[*head, *([pad] * n_slots), *b, self.eos_token_id] for b in bodies]
+        ids = torch.full((len(rows), self.context_length), pad, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+        ends = torch.tensor([len(r) - 1 for r in rows])
+        eot = ends if self.causal_text else torch.full_like(ends, self.context_length - 1)
+        return TextSlots(ids, len(head), eot, torch.tensor([len(b) for b in bodies]))
 
     def eot_index(self, token_ids: torch.Tensor) -> torch.Tensor:
         n, length = token_ids.shape

@@ -21,8 +21,10 @@ from vlpeft.errors import BackboneError
 logger = logging.getLogger(__name__)
 
 SPEC_FORMS = (
-    "'hf:<hub id>' (e.g. hf:openai/clip-vit-base-patch16), 'local:<dir>', or a path to a checkpoint dir"
+    "'embedded' (vlpeft's own small CLIP), 'hf:<hub id>' (e.g. hf:openai/clip-vit-base-patch16), "
+    "'local:<dir>', or a path to a checkpoint dir"
 )
+EMBEDDED = "embedded"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "vocab.json",
@@ -34,8 +36,22 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
 DTYPES |= {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
+def embedded_dir() -> Path:
+    """Where the embedded checkpoint is installed (package data)."""
+    from importlib.resources import files
+
+    return Path(str(files("vlpeft") / "assets" / "embedded"))
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
-    """``(kind, target)`` with kind ``hf`` or ``local``."""
+    """``(kind, target)`` with kind ``hf`` or ``local`` (``embedded`` is a local directory)."""
+    if spec == EMBEDDED:
+        path = embedded_dir()
+        if not (path / "config.json").is_file():
+            raise BackboneError(
+                f"The embedded checkpoint is missing from this installation ({path}); reinstall vlpeft."
+            )
+        return "local", str(path)
     prefix, sep, rest = spec.partition(":")
     if sep and prefix == "hf" and rest:
         return "hf", rest
@@ -64,6 +80,8 @@ def load_backbone(
     """Load a frozen backbone from ``spec`` onto ``device`` (see the module docstring for specs)."""
     kind, target = parse_spec(spec)
     source = target if kind == "hf" else str(_checked_local_dir(target))
+    if spec == EMBEDDED and dtype is None:
+        dtype = torch.float32  # stored as float16 to halve the package; computed in float32
     backbone = _load_hf(source, spec, hub=kind == "hf", dtype=resolve_dtype(dtype))
     backbone.requires_grad_(False)
     return backbone.eval().to(device)

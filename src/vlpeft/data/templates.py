@@ -105,6 +105,10 @@ IMAGENET_TEMPLATES_SELECT: tuple[str, ...] = (
     "a photo of the small {}.",
 )
 
+# muzairkhattak/PromptSRC trainers/imagenet_templates.py: the first 60 of the 80 (PromptSRC's
+# frozen text features average them).
+PROMPTSRC_TEMPLATES: tuple[str, ...] = IMAGENET_TEMPLATES[:60]
+
 DEFAULT_TEMPLATE = "a photo of a {}."
 
 TEMPLATE_SETS = ("single", "ensemble", "imagenet80", "default")

@@ -19,8 +19,9 @@ from vlpeft.data.fewshot import SUBSAMPLE_CHOICES
 from vlpeft.data.images import load_image
 from vlpeft.engine.metrics import classification_metrics
 from vlpeft.errors import ConfigError
-from vlpeft.features import FeatureSet, FeatureStore
+from vlpeft.features import FeatureSet, FeatureStore, ViewSpec
 from vlpeft.methods import ClassText, FeatureHead, HeadData, Method, get_method
+from vlpeft.methods.deep_prompts import PixelData, PixelPromptLearner
 from vlpeft.methods.feature_head import VAL_POLICIES, TrainViews
 from vlpeft.runs import CONFIG_FILE, check_out_dir, peak_memory_mb, run_log, write_run
 from vlpeft.utils import environment, resolve_device
@@ -77,12 +78,12 @@ def load_run_dataset(cfg: TrainConfig) -> tuple[Dataset, tuple[Datum, ...]]:
     return data, data.val
 
 
-def build_method(cfg: TrainConfig, dataset: Dataset) -> FeatureHead:
+def build_method(cfg: TrainConfig, dataset: Dataset) -> FeatureHead | PixelPromptLearner:
     """The method with official defaults, then its per-dataset preset, then the user's --set values."""
     method_cls = get_method(cfg.method)
-    if not issubclass(method_cls, FeatureHead):
+    if not issubclass(method_cls, FeatureHead | PixelPromptLearner):
         raise ConfigError(
-            f"'{cfg.method}' is a {method_cls.family} method; `vlpeft train` runs feature heads so far."
+            f"'{cfg.method}' is a {method_cls.family} method, which `vlpeft train` cannot run yet."
         )
     config = method_cls.config_class().with_overrides(method_cls.preset(dataset.name, cfg.shots))
     return method_cls(config.with_overrides(cfg.overrides))
@@ -94,12 +95,12 @@ def cache_name(dataset: Dataset) -> str:
 
 
 def train_features(store: FeatureStore, name: str, items, views: TrainViews) -> FeatureSet:
-    """(V, N, D) train features: the eval view first (if asked), then the augmented views."""
+    """(V, N, ...) train features: the eval view first (if asked), then the augmented views."""
     parts = []
     if views.include_eval:
-        parts.append(store.image_features(name, items)[None])
+        parts.append(store.image_features(name, items, ViewSpec(tokens=views.tokens))[None])
     if views.augment is not None and views.num_views:
-        parts.append(store.views(name, items, views.augment, views.num_views))
+        parts.append(store.views(name, items, views.augment, views.num_views, views.tokens))
     labels = torch.tensor([item.label for item in items], dtype=torch.long)
     return FeatureSet(torch.cat(parts), labels, [item.relpath for item in items])
 
@@ -113,7 +114,7 @@ def head_data(cfg: TrainConfig, head: FeatureHead, dataset: Dataset, val, store:
     text = ClassText(dataset.classnames, dataset.templates, store.text_embeddings, dataset.template)
     return HeadData(
         train=train,
-        val=store.feature_set(name, val) if val and head.needs_train else None,
+        val=store.feature_set(name, val, tokens=head.uses_tokens) if val and head.needs_train else None,
         text=text,
         num_classes=dataset.num_classes,
         logit_scale=float(backbone.logit_scale),
@@ -124,8 +125,17 @@ def head_data(cfg: TrainConfig, head: FeatureHead, dataset: Dataset, val, store:
     )
 
 
-def run_train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Fit ``cfg.method`` and evaluate it once on the test split; write the run directory if ``out``."""
+def run_train(
+    cfg: TrainConfig,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    backbone: Backbone | None = None,
+    store: FeatureStore | None = None,
+) -> dict[str, Any]:
+    """Fit ``cfg.method`` and evaluate it once on the test split; write the run directory if ``out``.
+
+    ``backbone``/``store`` let a caller running many experiments load the model once.
+    """
     if out is not None:
         check_out_dir(out, overwrite)
     with run_log(out):
@@ -133,35 +143,39 @@ def run_train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool =
         dataset, val = load_run_dataset(cfg)
         head = build_method(cfg, dataset)
         device = resolve_device(cfg.device)
-        backbone = load_backbone(cfg.model, device=device, dtype=cfg.dtype)
-        store = FeatureStore(backbone, cfg.cache_dir, cfg.batch_size, cfg.workers)
-        data = head_data(cfg, head, dataset, val, store)
-        logger.info(
-            "%s on %s: %d train images, %d val, %d classes",
-            head.name,
-            dataset.name,
-            data.train.features.shape[1],
-            0 if data.val is None else len(data.val.labels),
-            dataset.num_classes,
-        )
+        backbone = backbone or load_backbone(cfg.model, device=device, dtype=cfg.dtype)
+        store = store or FeatureStore(backbone, cfg.cache_dir, cfg.batch_size, cfg.workers)
+        forwards_before = store.image_encoder_forwards
+        head.bind(backbone)
+        pixels = needs_pixels(head)
+        data = pixel_data(cfg, dataset, val, store) if pixels else head_data(cfg, head, dataset, val, store)
+        logger.info("%s on %s: %d classes", head.name, dataset.name, dataset.num_classes)
         torch.manual_seed(cfg.seed)
         fit_start = time.perf_counter()
         report = head.fit(data)
         fit_time = time.perf_counter() - fit_start
-        # Only now is the test split touched: its features, then its labels, once.
-        result = evaluate_head(head, store, dataset)
+        # Only now is the test split touched: its images or features, then its labels, once.
+        if pixels:
+            metrics = evaluate_pixels(
+                head, dataset.split("test"), dataset.classnames, cfg.batch_size, cfg.workers
+            )
+            result = {"task": "train", "method": head.name, "split": "test", **metrics}
+        else:
+            result = evaluate_head(head, store, dataset)
         config = run_config(cfg, head, backbone, dataset, device)
         result |= {"fit": _jsonable(report), "fit_time_s": round(fit_time, 3)}
         result |= {
             "wall_time_s": round(time.perf_counter() - start, 3),
             "peak_memory": peak_memory_mb(device),
         }
-        result |= {"image_encoder_forwards": store.image_encoder_forwards, "config": config}
+        result |= {"image_encoder_forwards": store.image_encoder_forwards - forwards_before, "config": config}
         logger.info("%s test accuracy %.2f%%", head.name, result["metrics"]["accuracy"])
         if out is not None:
             extra = {
                 "num_classes": dataset.num_classes,
                 "embed_dim": backbone.embed_dim,
+                "text_width": backbone.text_width,
+                "vision_width": backbone.vision_width,
                 "classnames": list(dataset.classnames),
                 "backbone": backbone.spec,
             }
@@ -170,9 +184,43 @@ def run_train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool =
         return result
 
 
+def needs_pixels(method: Method) -> bool:
+    return bool(getattr(method, "needs_pixels", False))
+
+
+def pixel_data(cfg: TrainConfig, dataset: Dataset, val, store: FeatureStore) -> PixelData:
+    """Images (not features) for methods that change the image encoder."""
+    text = ClassText(dataset.classnames, dataset.templates, store.text_embeddings, dataset.template)
+    scale = float(store.backbone.logit_scale)
+    return PixelData(
+        dataset.split("train"),
+        tuple(val),
+        text,
+        dataset.num_classes,
+        scale,
+        cfg.seed,
+        dataset.name,
+        cfg.shots,
+    )
+
+
+@torch.no_grad()
+def evaluate_pixels(method, items, classnames, batch_size: int = 64, workers: int = 0) -> dict[str, Any]:
+    """Metrics of a method that runs the (prompted) image encoder on every test image."""
+    from vlpeft.data.loader import image_loader
+
+    method.eval()
+    backbone = method.backbone
+    logits, labels = [], []
+    for pixels, y in image_loader(items, backbone.preprocess, batch_size, workers):
+        logits.append(method.logits(pixels.to(backbone.device, backbone.dtype)).float().cpu())
+        labels.append(y)
+    return classification_metrics(torch.cat(logits), torch.cat(labels), classnames)
+
+
 @torch.no_grad()
 def evaluate_head(head: FeatureHead, store: FeatureStore, dataset: Dataset) -> dict[str, Any]:
-    test = store.feature_set(cache_name(dataset), dataset.split("test"))
+    test = store.feature_set(cache_name(dataset), dataset.split("test"), tokens=head.uses_tokens)
     head.eval()
     metrics = classification_metrics(head.logits(test.view(0)), test.labels, dataset.classnames)
     return {"task": "train", "method": head.name, "split": "test", **metrics}
@@ -222,6 +270,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[Backbone, Featur
     backbone = load_backbone(config["model"], device=device, dtype=config.get("dtype"))
     if backbone.fingerprint() != config["backbone"]["fingerprint"]:
         logger.warning("The weights of '%s' changed since this run was trained.", config["model"])
+    head.attach(backbone, meta["classnames"])
     return backbone, head, list(meta["classnames"])
 
 
@@ -232,7 +281,13 @@ def predict(run_dir: str | Path, images: list[str | Path], top_k: int = 5, devic
     out = []
     for path in images:
         pixels = backbone.preprocess(load_image(path))[None].to(backbone.device, backbone.dtype)
-        probs = head.logits(backbone.encode_image(pixels).float().cpu()).softmax(dim=-1)[0]
+        if needs_pixels(head):
+            features = pixels
+        elif getattr(head, "uses_tokens", False):
+            features = backbone.encode_image_tokens(pixels).float().cpu()
+        else:
+            features = backbone.encode_image(pixels).float().cpu()
+        probs = head.logits(features).float().cpu().softmax(dim=-1)[0]
         values, indices = probs.topk(min(top_k, len(classnames)))
         out.append(
             {
@@ -244,3 +299,80 @@ def predict(run_dir: str | Path, images: list[str | Path], top_k: int = 5, devic
             }
         )
     return out
+
+
+# ---- evaluating a trained run (e.g. on new classes) ------------------------------------------
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    dataset: str | None = None,
+    root: str | None = None,
+    subsample: str | None = None,
+    split: str = "test",
+    out: str | Path | None = None,
+    cache_dir: str | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Evaluate a trained run on ``split`` of a dataset (default: the one it was trained on).
+
+    Class names may differ from training (``--subsample new``, cross-dataset transfer) only for
+    methods that transfer to new classes (zero-shot, prompt learners); their class-dependent
+    parts are rebuilt from the new names. Base-to-new runs report base, new and harmonic mean.
+    """
+    if out is not None:
+        check_out_dir(out, overwrite)
+    run_dir = Path(run_dir)
+    trained = json.loads((run_dir / CONFIG_FILE).read_text()) if (run_dir / CONFIG_FILE).is_file() else None
+    if trained is None:
+        raise ConfigError(
+            f"'{run_dir}' is not a run directory (no {CONFIG_FILE}); pass the --out of `vlpeft train`."
+        )
+    name, data_root = dataset or trained["dataset"]["name"], root or trained["root"]
+    which = subsample or trained["subsample"]
+    data = get_dataset_spec(name).load(data_root).subsample_classes(which)
+    backbone, head, classnames = load_run(run_dir, resolve_device(device))
+    if list(data.classnames) != classnames and not head.transfers_to_new_classes:
+        raise ConfigError(
+            f"{head.name} learned weights for its training classes only; it cannot be evaluated on "
+            f"other classes. Use a method that transfers (zero-shot, coop, cocoop, ...)."
+        )
+    head.attach(backbone, data.classnames)
+    if needs_pixels(head):
+        result = evaluate_pixels(head, data.split(split), data.classnames)
+    else:
+        store = FeatureStore(backbone, cache_dir)
+        feats = store.feature_set(cache_name(data), data.split(split), tokens=head.uses_tokens)
+        with torch.no_grad():
+            result = classification_metrics(head.logits(feats.view(0)), feats.labels, data.classnames)
+    result = {
+        "task": "eval-run",
+        "run": str(run_dir),
+        "method": head.name,
+        "dataset": name,
+        "subsample": which,
+        "split": split,
+        **result,
+    }
+    _add_base_to_new(result, run_dir, trained, which)
+    if out is not None:
+        write_run(
+            out, {"task": "eval-run", "run": str(run_dir), "dataset": data.describe(), "split": split}, result
+        )
+    return result
+
+
+def _add_base_to_new(result: dict[str, Any], run_dir: Path, trained: dict[str, Any], which: str) -> None:
+    """Base accuracy (the run's own test result), new accuracy and their harmonic mean."""
+    from vlpeft.runs import RESULT_FILE
+
+    if trained["subsample"] != "base" or which != "new" or not (run_dir / RESULT_FILE).is_file():
+        return
+    base = json.loads((run_dir / RESULT_FILE).read_text())["metrics"]["accuracy"]
+    new = result["metrics"]["accuracy"]
+    result["base_to_new"] = {
+        "base": base,
+        "new": new,
+        "harmonic_mean": 2 * base * new / max(base + new, 1e-9),
+    }

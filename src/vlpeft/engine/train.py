@@ -77,9 +77,8 @@ def train_head(head: FeatureHead, data: HeadData, cfg: TrainedHeadConfig) -> dic
         epoch_loss = 0.0
         for view_idx, img_idx in _batches(data, cfg, generator):
             set_lr(optimizer, lr_for(cfg, epoch, step, total))
-            loss = head.loss(feats[view_idx, img_idx], labels[img_idx])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = head.backward(feats[view_idx, img_idx], labels[img_idx])
             optimizer.step()
             step += 1
             epoch_loss += loss.item()
@@ -105,3 +104,62 @@ def _keep_if_best(head: FeatureHead, data: HeadData, epoch: int, best: dict[str,
     acc = accuracy(head, data.val.view(0), data.val.labels)
     if acc > best["val_accuracy"]:  # strict: the earliest best epoch wins
         best.update(val_accuracy=acc, epoch=epoch, state=copy.deepcopy(head.state_dict()))
+
+
+# ---- training on pixels (methods that change the image encoder) ---------------------------------
+
+
+class _AugmentedImages(torch.utils.data.Dataset):
+    """(augmented pixels, label) with the randomness of ``epoch`` (view ``epoch`` of each image)."""
+
+    def __init__(self, items, transform):
+        self.items, self.transform = list(items), transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        from vlpeft.data.images import load_image
+        from vlpeft.features import image_key
+
+        item = self.items[i]
+        return self.transform(load_image(item.impath), image_key(item)), item.label
+
+
+def train_on_pixels(method, data, cfg: TrainedHeadConfig, workers: int = 0) -> dict[str, Any]:
+    """The one loop for prompt learners that see pixels: fresh augmentation every epoch, Dassl's schedule.
+
+    Epoch ``e`` uses view ``e`` of :class:`AugmentedView` (random resized crop + flip, seeded by the
+    run's seed, the epoch and the image), so a run is reproducible; batches follow Dassl's rule.
+    """
+    from vlpeft.data.transforms import AugmentedView, AugmentSpec
+
+    optimizer = build_optimizer(
+        cfg.optimizer, method.trainable_parameters(), cfg.lr, cfg.weight_decay, cfg.momentum, cfg.eps
+    )
+    generator = torch.Generator().manual_seed(data.seed)
+    n = len(data.train)
+    iters = iterations_per_epoch(n, cfg.batch_size, cfg.batches_per_epoch)
+    total, step, losses = cfg.epochs * iters, 0, []
+    spec = AugmentSpec(scale=cfg.aug_scale, seed=data.seed)
+    backbone = method.backbone
+    method.train()
+    for epoch in range(cfg.epochs):
+        images = _AugmentedImages(data.train, AugmentedView(backbone.preprocess, spec, epoch))
+        order = torch.randperm(n, generator=generator)
+        epoch_loss = 0.0
+        for it in range(iters):
+            idx = order[it * cfg.batch_size : (it + 1) * cfg.batch_size].tolist()
+            batch = [images[i] for i in idx]
+            pixels = torch.stack([b[0] for b in batch]).to(backbone.device, backbone.dtype)
+            labels = torch.tensor([b[1] for b in batch])
+            set_lr(optimizer, lr_for(cfg, epoch, step, total))
+            optimizer.zero_grad(set_to_none=True)
+            epoch_loss += method.backward(pixels, labels).item()
+            optimizer.step()
+            step += 1
+        losses.append(epoch_loss / iters)
+        method.on_epoch_end(epoch)
+    method.on_fit_end()
+    method.eval()
+    return {"epochs": cfg.epochs, "steps": step, "first_loss": losses[0], "last_loss": losses[-1]}

@@ -15,18 +15,26 @@ from vlpeft.methods.feature_head import FeatureHead, HeadConfig, HeadData
 
 
 def logistic_regression(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float, max_iter: int = 1000, tol: float = 1e-4
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    c: float,
+    max_iter: int = 1000,
+    tol: float = 1e-4,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression with an L2 penalty on W (not the intercept), solved by L-BFGS.
 
     Minimises scikit-learn's objective as its lbfgs solver scales it:
     ``mean_i CE(x_i W^T + b, y_i) + ||W||^2 / (2 C N)``, to a max-abs gradient of ``tol``.
-    Returns float32 ``W`` (C, D) and ``b`` (C,).
+    Returns float32 ``W`` (C, D) and ``b`` (C,). ``init`` warm-starts the solver (the problem is
+    strictly convex, so only the number of iterations changes).
     """
     x64 = x.double()
     n, d = x64.shape
-    w = torch.zeros(num_classes, d, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    w0, b0 = init if init is not None else (torch.zeros(num_classes, d), torch.zeros(num_classes))
+    w = w0.detach().double().clone().requires_grad_(True)
+    b = b0.detach().double().clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS(
         [w, b],
         lr=1,
@@ -76,14 +84,22 @@ class LinearProbe(FeatureHead):
     config_class = LinearProbeConfig
 
     def prepare(self, data: HeadData) -> None:
+        self._solutions: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
         self._set(*self._solve(data, self.config.c))
 
     def _inputs(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(features, dim=-1) if self.config.normalize else features
 
     def _solve(self, data: HeadData, c: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Solve for ``c``, warm-started from the solved C closest in log space (searches solve many)."""
+        solutions = self.__dict__.setdefault("_solutions", {})
+        near = min(solutions, key=lambda k: abs(math.log10(k) - math.log10(c)), default=None)
         x = self._inputs(data.train.view(0))
-        return logistic_regression(x, data.train.labels, data.num_classes, c, self.config.max_iter)
+        init = solutions.get(near) if near is not None else None
+        solutions[c] = logistic_regression(
+            x, data.train.labels, data.num_classes, c, self.config.max_iter, init=init
+        )
+        return solutions[c]
 
     def _set(self, w: torch.Tensor, b: torch.Tensor) -> None:
         self.weight = nn.Parameter(w)  # learned (by L-BFGS), so counted as trainable parameters
@@ -95,6 +111,7 @@ class LinearProbe(FeatureHead):
         return float((logits.argmax(1) == data.val.labels).float().mean()) * 100
 
     def fit(self, data: HeadData) -> dict[str, Any]:
+        self._solutions = {}
         if data.val is None:
             self.prepare(data)
             return {"c": self.config.c, "searched": False}

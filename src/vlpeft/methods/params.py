@@ -23,8 +23,17 @@ def synthetic_head_data(embed_dim: int, classes: int, shots: int, views: int = 1
     return HeadData(FeatureSet(feats, labels), None, text, classes, logit_scale=100.0, seed=seed, shots=shots)
 
 
-def trainable_parameter_count(method_cls: type[Method], embed_dim: int, classes: int, shots: int) -> int:
+def trainable_parameter_count(
+    method_cls: type[Method],
+    embed_dim: int,
+    classes: int,
+    shots: int,
+    text_width: int = 512,
+    vision_width: int = 768,
+) -> int:
     """Parameters the method trains on a (D, C, K) problem (0 for training-free methods)."""
+    if hasattr(method_cls, "parameter_count"):
+        return method_cls.parameter_count(embed_dim, classes, text_width, vision_width)
     if not issubclass(method_cls, FeatureHead):
         return 0
     head = method_cls()

@@ -1,0 +1,99 @@
+"""The procedural world: determinism, CoOp-format datasets, held-out concepts, captions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+
+import numpy as np
+import pytest
+
+from vlpeft.data import load_dataset
+from vlpeft.data.world import WORLD_SETS, generate_world, pretrain_pair, render, world_set
+from vlpeft.data.world.datasets import COMPOSITION_CLASSES, write_world_set
+from vlpeft.data.world.vocab import HELD_OUT_PAIRS, HELD_OUT_STYLE, SHAPES
+
+
+def _digest(directory) -> dict[str, str]:
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_same_seed_same_bytes(tmp_path):
+    for ws in (world_set("WorldShapes"), world_set("WorldCounting"), world_set("WorldShapesA")):
+        write_world_set(ws, tmp_path / "a" / ws.folder, 0, per_class=(2, 1, 2))
+        write_world_set(ws, tmp_path / "b" / ws.folder, 0, per_class=(2, 1, 2))
+        write_world_set(ws, tmp_path / "c" / ws.folder, 1, per_class=(2, 1, 2))
+    a, b, c = _digest(tmp_path / "a"), _digest(tmp_path / "b"), _digest(tmp_path / "c")
+    assert a == b and len(a) > 50
+    assert a.keys() == c.keys() and a != c
+
+
+def test_pretraining_pairs_are_deterministic_and_avoid_held_out_concepts():
+    scene, text = pretrain_pair(12345)
+    assert (scene, text) == pretrain_pair(12345)
+    assert render(scene).tobytes() == render(pretrain_pair(12345)[0]).tobytes()
+    for seed in range(3000):
+        scene, text = pretrain_pair(seed)
+        assert scene.style != HELD_OUT_STYLE and HELD_OUT_STYLE not in text
+        if not scene.texture:  # a full-frame texture draws no shape
+            assert not any((o.color, o.shape) in HELD_OUT_PAIRS for o in scene.objects)
+
+
+def test_captions_name_what_is_drawn():
+    hits = 0
+    for seed in range(500):
+        scene, text = pretrain_pair(seed)
+        nouns = {scene.objects[0].shape, SHAPES[scene.objects[0].shape][0]}
+        if (
+            any(n in text.split() for n in nouns)
+            or "texture" in text
+            or any(w in text for w in ("objects", "shapes", "things"))
+        ):
+            hits += 1
+    assert hits == 500
+
+
+def test_world_datasets_load_in_coop_format(tmp_path):
+    names = ["WorldTextures", "WorldShapesSketch"]
+    generate_world(tmp_path, seed=0, names=names)
+    tex = load_dataset("WorldTextures", tmp_path)
+    split = json.loads((tmp_path / "world_textures" / "split_zhou_WorldTextures.json").read_text())
+    assert set(split) == {"train", "val", "test"} and split["train"][0][0].endswith(".png")
+    assert tex.num_classes == 7 and len(tex.train) == 7 * 40 and len(tex.test) == 7 * 50
+    assert tex.templates("single") == ["{} texture."]
+    assert len(tex.fewshot(16, 1).train) == 7 * 16
+    sketch = load_dataset("WorldShapesSketch", tmp_path)
+    assert sketch.test_only and len(sketch.test) == 12 * 50 and not sketch.train
+    manifest = json.loads((tmp_path / "world.json").read_text())
+    assert set(manifest) == set(names)
+    before = _digest(tmp_path / "world_textures")
+    generate_world(tmp_path, seed=0, names=names)  # already there: nothing rewritten
+    assert _digest(tmp_path / "world_textures") == before
+
+
+def test_compositions_hold_out_half_the_pairs():
+    held = [c for c in COMPOSITION_CLASSES if tuple(c.split()) in HELD_OUT_PAIRS]
+    assert len(held) == 6 and len(COMPOSITION_CLASSES) == 12
+
+
+@pytest.mark.parametrize("ws", WORLD_SETS, ids=lambda w: w.name)
+def test_every_class_draws(ws):
+    for label, _ in enumerate(ws.classes):
+        from vlpeft.data.world.datasets import scene_for
+
+        img = render(scene_for(ws, 0, "test", label, 0))
+        assert img.size == (64, 64) and len(np.unique(np.asarray(img).reshape(-1, 3), axis=0)) > 3
+
+
+def test_image_seeds_do_not_depend_on_hash_randomisation():
+    from vlpeft.data.world.datasets import image_seed
+
+    assert image_seed(0, "WorldShapes", "test", 3, 7) == image_seed(0, "WorldShapes", "test", 3, 7)
+    assert random.Random(image_seed(0, "WorldShapes", "test", 3, 7)).random() == pytest.approx(
+        random.Random(image_seed(0, "WorldShapes", "test", 3, 7)).random()
+    )
