@@ -53,8 +53,21 @@ def test_datasets_fewshot_prints_coop_sample(coop_root):
     raw = json.loads((coop_root / "oxford_flowers" / "split_zhou_OxfordFlowers.json").read_text())
     train, val = dassl_reference(raw, 2, 3)
     assert json.loads(out.stdout) == {"train": train, "val": val}
-    base = json.loads(invoke("datasets", "fewshot", "OxfordFlowers", "--root", coop_root, "--shots", 2,
-                             "--seed", 3, "--subsample", "base").stdout)  # fmt: skip
+    base = json.loads(
+        invoke(
+            "datasets",
+            "fewshot",
+            "OxfordFlowers",
+            "--root",
+            coop_root,
+            "--shots",
+            2,
+            "--seed",
+            3,
+            "--subsample",
+            "base",
+        ).stdout
+    )
     label_of = {rel: label for rel, label, _ in raw["train"]}
     assert base["train"] == [rel for rel in train if label_of[rel] < 51]  # base = first ceil(102 / 2) labels
 
@@ -67,8 +80,19 @@ def test_models_init_tiny_and_info(tmp_path):
 
 
 def test_eval_command(tiny_clip, shapes_folder, tmp_path):
-    out = invoke("eval", "--model", tiny_clip, "--dataset", "imagefolder", "--root", shapes_folder,
-                 "--out", tmp_path / "run", "--templates", "ensemble")  # fmt: skip
+    out = invoke(
+        "eval",
+        "--model",
+        tiny_clip,
+        "--dataset",
+        "imagefolder",
+        "--root",
+        shapes_folder,
+        "--out",
+        tmp_path / "run",
+        "--templates",
+        "ensemble",
+    )
     assert out.exit_code == 0 and "accuracy" in out.stdout
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert len(result["config"]["templates_used"]) == 8  # 7 selected ImageNet templates + the dataset's own
@@ -79,13 +103,96 @@ def test_errors_are_one_clear_line_with_status_2(monkeypatch, capsys, tmp_path):
         monkeypatch, capsys, "datasets", "fewshot", "OxfordPet", "--root", tmp_path, "--shots", 1
     )
     assert code == 2 and "error:" in err and "Did you mean 'OxfordPets'" in err and "Traceback" not in err
-    code, _, err = run_main(monkeypatch, capsys, "eval", "--model", tmp_path / "none", "--dataset", "dtd",
-                            "--root", tmp_path, "--out", tmp_path / "o")  # fmt: skip
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "eval",
+        "--model",
+        tmp_path / "none",
+        "--dataset",
+        "dtd",
+        "--root",
+        tmp_path,
+        "--out",
+        tmp_path / "o",
+    )
     assert code == 2 and "No 'dtd/' folder" in err
     assert not (tmp_path / "o" / "result.json").exists()
 
 
-def test_demo(tmp_path):
-    out = invoke("demo", "--out", tmp_path / "demo")
-    assert out.exit_code == 0 and "accuracy" in out.stdout
-    assert (tmp_path / "demo" / "zero-shot" / "result.json").exists()
+def test_demo_on_the_embedded_model(tmp_path):
+    out = invoke(
+        "demo",
+        "--out",
+        tmp_path / "demo",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--datasets",
+        "WorldTextures",
+        "--methods",
+        "linear-probe,tip-adapter",
+        "--shots",
+        "1,4",
+    )
+    assert out.exit_code == 0 and "| zero-shot |" in out.stdout and "tip-adapter" in out.stdout
+    for name in ("results.json", "results.md", "curves.png", "report.html"):
+        assert (tmp_path / "demo" / name).is_file(), name
+    summary = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert {r["method"] for r in summary["rows"]} == {"zero-shot", "linear-probe", "tip-adapter"}
+    assert len(summary["rows"]) == 1 + 2 * 2 and summary["chance"]["WorldTextures"] == pytest.approx(100 / 7)
+
+
+def test_base_to_new_from_the_command_line(tiny_clip, shapes_folder, tmp_path):
+    common = [
+        "--model",
+        str(tiny_clip),
+        "--dataset",
+        "imagefolder",
+        "--root",
+        str(shapes_folder),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--device",
+        "cpu",
+    ]
+    trained = invoke(
+        "train",
+        "--method",
+        "coop-ctxv1",
+        "--shots",
+        "2",
+        "--subsample",
+        "base",
+        "--set",
+        "epochs=1",
+        "--out",
+        tmp_path / "run",
+        *common,
+    )
+    assert trained.exit_code == 0
+    new = invoke(
+        "eval",
+        "--run",
+        tmp_path / "run",
+        "--subsample",
+        "new",
+        "--out",
+        tmp_path / "new",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--device",
+        "cpu",
+    )
+    assert new.exit_code == 0 and "harmonic_mean" in new.stdout
+    result = json.loads((tmp_path / "new" / "result.json").read_text())
+    assert result["subsample"] == "new" and set(result["per_class_accuracy"]) == {"red circle", "yellow ring"}
+
+
+def test_prompt_presets_follow_the_official_scripts():
+    from vlpeft.methods import get_method
+
+    assert get_method("coop").preset("OxfordPets", 1) == {"epochs": 50}
+    assert get_method("coop").preset("OxfordPets", 4) == {"epochs": 100}
+    assert get_method("coop").preset("OxfordPets", 16) == {}
+    assert get_method("plot").preset("ImageNet", 16) == {"add_global": True, "epochs": 50}
+    assert get_method("kgcoop").config_class().weight == 8.0
