@@ -39,3 +39,39 @@ def test_embedded_reproduces_its_stored_zero_shot_accuracies(embedded):
     for name, ref in stored["datasets"].items():
         assert now["datasets"][name]["accuracy"] == ref["accuracy"], name
         assert now["datasets"][name]["mean_max_logit"] == pytest.approx(ref["mean_max_logit"], abs=1e-3), name
+
+
+@pytest.fixture(scope="module")
+def textures_root(tmp_path_factory):
+    """WorldTextures with 16 train, 4 val and 15 test images per class (a subset of the demo's)."""
+    from vlpeft.data.world.datasets import world_set, write_world_set
+
+    root = tmp_path_factory.mktemp("world")
+    ws = world_set("WorldTextures")
+    write_world_set(ws, root / ws.folder, 0, per_class=(16, 4, 15))
+    return root
+
+
+def _accuracy(method: str, embedded, root, cache, **overrides) -> float:
+    from vlpeft.engine.runner import TrainConfig, run_train
+
+    cfg = TrainConfig(method, "embedded", "WorldTextures", str(root), shots=16, seed=1, cache_dir=str(cache),
+                      overrides=overrides, device="cpu")  # fmt: skip
+    return run_train(cfg, backbone=embedded)["metrics"]["accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("method", "overrides"),
+    [
+        ("tip-adapter-f", {}),  # issue: a 16-shot feature head beats zero-shot
+        ("coop", {"epochs": "50"}),  # a 16-shot prompt learner beats zero-shot
+        ("lora", {"iters_per_shot": "10"}),  # a 16-shot module adapter beats zero-shot (160 steps)
+    ],
+)
+def test_sixteen_shot_adaptation_beats_zero_shot(
+    method, overrides, embedded, textures_root, tmp_path_factory
+):
+    cache = tmp_path_factory.getbasetemp() / "embedded-cache"
+    zero_shot = _accuracy("zero-shot", embedded, textures_root, cache)
+    adapted = _accuracy(method, embedded, textures_root, cache, **overrides)
+    assert adapted >= zero_shot + 5, (method, zero_shot, adapted)

@@ -351,6 +351,25 @@ def predict_command(
             out_console.print(f"  {entry['probability']:7.2%}  {entry['class']}")
 
 
+@app.command("export")
+def export_command(
+    run: Annotated[Path, typer.Option("--run", help="A run directory written by `vlpeft train`.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the transformers checkpoint.")],
+    merge: Annotated[
+        bool, typer.Option("--merge", help="Fold LoRA/DoRA/SSF updates into the weights.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+) -> None:
+    """Write a run as a standard transformers checkpoint plus its class head (loads without vlpeft)."""
+    from vlpeft.export import export_run
+
+    written = export_run(run, out, merge=merge, overwrite=overwrite)
+    out_console.print(
+        f"wrote {written['out']}: {written['method']}, {written['classes']} classes"
+        f"{' (merged)' if written['merged'] else ''}"
+    )
+
+
 # ---- evaluation ---------------------------------------------------------------------------
 
 

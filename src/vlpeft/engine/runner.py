@@ -17,12 +17,14 @@ from vlpeft.data import Dataset, get_dataset_spec
 from vlpeft.data.base import Datum
 from vlpeft.data.fewshot import SUBSAMPLE_CHOICES
 from vlpeft.data.images import load_image
+from vlpeft.engine.distributed import init_from_env, is_main_process, local_device, rank_and_size
 from vlpeft.engine.metrics import classification_metrics
 from vlpeft.errors import ConfigError
 from vlpeft.features import FeatureSet, FeatureStore, ViewSpec
 from vlpeft.methods import ClassText, FeatureHead, HeadData, Method, get_method
 from vlpeft.methods.deep_prompts import PixelData, PixelPromptLearner
 from vlpeft.methods.feature_head import VAL_POLICIES, TrainViews
+from vlpeft.methods.module_adapter import ModuleAdapter
 from vlpeft.runs import CONFIG_FILE, check_out_dir, peak_memory_mb, run_log, write_run
 from vlpeft.utils import environment, resolve_device
 
@@ -78,10 +80,10 @@ def load_run_dataset(cfg: TrainConfig) -> tuple[Dataset, tuple[Datum, ...]]:
     return data, data.val
 
 
-def build_method(cfg: TrainConfig, dataset: Dataset) -> FeatureHead | PixelPromptLearner:
+def build_method(cfg: TrainConfig, dataset: Dataset) -> FeatureHead | PixelPromptLearner | ModuleAdapter:
     """The method with official defaults, then its per-dataset preset, then the user's --set values."""
     method_cls = get_method(cfg.method)
-    if not issubclass(method_cls, FeatureHead | PixelPromptLearner):
+    if not issubclass(method_cls, FeatureHead | PixelPromptLearner | ModuleAdapter):
         raise ConfigError(
             f"'{cfg.method}' is a {method_cls.family} method, which `vlpeft train` cannot run yet."
         )
@@ -134,15 +136,20 @@ def run_train(
 ) -> dict[str, Any]:
     """Fit ``cfg.method`` and evaluate it once on the test split; write the run directory if ``out``.
 
-    ``backbone``/``store`` let a caller running many experiments load the model once.
+    ``backbone``/``store`` let a caller running many experiments load the model once. Under
+    ``torchrun``/``accelerate launch`` every process trains on its share of each batch and only the
+    first writes the run directory.
     """
+    init_from_env(resolve_device(cfg.device))
+    if not is_main_process():
+        out = None
     if out is not None:
         check_out_dir(out, overwrite)
     with run_log(out):
         start = time.perf_counter()
         dataset, val = load_run_dataset(cfg)
         head = build_method(cfg, dataset)
-        device = resolve_device(cfg.device)
+        device = local_device(resolve_device(cfg.device))
         backbone = backbone or load_backbone(cfg.model, device=device, dtype=cfg.dtype)
         store = store or FeatureStore(backbone, cfg.cache_dir, cfg.batch_size, cfg.workers)
         forwards_before = store.image_encoder_forwards
@@ -167,6 +174,8 @@ def run_train(
         result |= {
             "wall_time_s": round(time.perf_counter() - start, 3),
             "peak_memory": peak_memory_mb(device),
+            "trainable_parameters": head.num_trainable_parameters(),
+            "processes": rank_and_size()[1],
         }
         result |= {"image_encoder_forwards": store.image_encoder_forwards - forwards_before, "config": config}
         logger.info("%s test accuracy %.2f%%", head.name, result["metrics"]["accuracy"])

@@ -13,12 +13,14 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("dassl-cosine", "cosine-iter", "constant")
 
 
-def cosine(base: float, step: int, total: int) -> float:
-    """``CosineAnnealingLR`` (eta_min 0) at ``step`` of ``total``."""
-    return base * (1 + math.cos(math.pi * step / max(total, 1))) / 2
+def cosine(base: float, step: int, total: int, minimum: float = 0.0) -> float:
+    """``CosineAnnealingLR`` (``eta_min=minimum``) at ``step`` of ``total``."""
+    return minimum + (base - minimum) * (1 + math.cos(math.pi * step / max(total, 1))) / 2
 
 
-def dassl_cosine(base: float, epoch: int, epochs: int, warmup_epochs: int, warmup_lr: float) -> float:
+def dassl_cosine(
+    base: float, epoch: int, epochs: int, warmup_epochs: int, warmup_lr: float, minimum: float = 0.0
+) -> float:
     """Dassl's per-epoch cosine with constant warm-up (``dassl/optim/lr_scheduler.py``).
 
     Epochs ``< warmup_epochs`` run at ``warmup_lr``; then cosine restarts from ``base`` with
@@ -26,7 +28,7 @@ def dassl_cosine(base: float, epoch: int, epochs: int, warmup_epochs: int, warmu
     """
     if epoch < warmup_epochs:
         return warmup_lr
-    return cosine(base, epoch - warmup_epochs, epochs)
+    return cosine(base, epoch - warmup_epochs, epochs, minimum)
 
 
 def build_optimizer(

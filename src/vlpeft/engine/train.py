@@ -6,6 +6,7 @@ the cached views, the optimizer, the schedule and model selection on validation.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vlpeft.engine.schedules import build_optimizer, cosine, dassl_cosine, set_lr
+from vlpeft.errors import ConfigError
 
 if TYPE_CHECKING:
     from vlpeft.methods.feature_head import FeatureHead, HeadData, TrainedHeadConfig
@@ -30,9 +32,9 @@ def iterations_per_epoch(n: int, batch_size: int, rule: str) -> int:
 
 def lr_for(cfg: TrainedHeadConfig, epoch: int, step: int, total_steps: int) -> float:
     if cfg.schedule == "dassl-cosine":
-        return dassl_cosine(cfg.lr, epoch, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr)
+        return dassl_cosine(cfg.lr, epoch, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr, cfg.min_lr)
     if cfg.schedule == "cosine-iter":
-        return cosine(cfg.lr, step, total_steps)
+        return cosine(cfg.lr, step, total_steps, cfg.min_lr)
     return cfg.lr
 
 
@@ -126,40 +128,88 @@ class _AugmentedImages(torch.utils.data.Dataset):
         return self.transform(load_image(item.impath), image_key(item)), item.label
 
 
-def train_on_pixels(method, data, cfg: TrainedHeadConfig, workers: int = 0) -> dict[str, Any]:
-    """The one loop for prompt learners that see pixels: fresh augmentation every epoch, Dassl's schedule.
+def train_on_pixels(
+    method, data, cfg: TrainedHeadConfig, workers: int = 0, max_steps: int | None = None
+) -> dict[str, Any]:
+    """The one loop for methods that see pixels (prompt learners in the encoders, module adapters).
 
     Epoch ``e`` uses view ``e`` of :class:`AugmentedView` (random resized crop + flip, seeded by the
-    run's seed, the epoch and the image), so a run is reproducible; batches follow Dassl's rule.
+    run's seed, the epoch and the image), so a run is reproducible; batches follow
+    ``cfg.batches_per_epoch``. ``max_steps`` (CLIP-LoRA's ``n_iters * shots``) overrides
+    ``cfg.epochs``: training stops after that many optimiser steps. Optional config fields:
+    ``accumulate`` (micro-batches per step), ``precision`` (autocast dtype), ``grad_clip``. Under a
+    launcher the global batch is shared among the processes (:mod:`vlpeft.engine.distributed`).
     """
     from vlpeft.data.transforms import AugmentedView, AugmentSpec
+    from vlpeft.engine.distributed import my_micro_batches, sum_gradients
 
-    optimizer = build_optimizer(
-        cfg.optimizer, method.trainable_parameters(), cfg.lr, cfg.weight_decay, cfg.momentum, cfg.eps
-    )
+    params = method.trainable_parameters()
+    optimizer = build_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.eps)
     generator = torch.Generator().manual_seed(data.seed)
     n = len(data.train)
     iters = iterations_per_epoch(n, cfg.batch_size, cfg.batches_per_epoch)
-    total, step, losses = cfg.epochs * iters, 0, []
+    total = max_steps if max_steps is not None else cfg.epochs * iters
+    epochs = math.ceil(total / iters)
+    step, losses = 0, []
     spec = AugmentSpec(scale=cfg.aug_scale, seed=data.seed)
     backbone = method.backbone
+    precision = resolve_precision(getattr(cfg, "precision", "fp32"), backbone.device)
+    autocast = autocast_context(precision, backbone.device)
+    scaler = torch.amp.GradScaler(backbone.device.type, enabled=precision == "fp16")
+    accumulate, clip = getattr(cfg, "accumulate", 1), getattr(cfg, "grad_clip", 0.0)
     method.train()
-    for epoch in range(cfg.epochs):
+    for epoch in range(epochs):
         images = _AugmentedImages(data.train, AugmentedView(backbone.preprocess, spec, epoch))
         order = torch.randperm(n, generator=generator)
-        epoch_loss = 0.0
+        epoch_loss, epoch_steps = 0.0, 0
         for it in range(iters):
-            idx = order[it * cfg.batch_size : (it + 1) * cfg.batch_size].tolist()
-            batch = [images[i] for i in idx]
-            pixels = torch.stack([b[0] for b in batch]).to(backbone.device, backbone.dtype)
-            labels = torch.tensor([b[1] for b in batch])
+            if step >= total:
+                break
+            batch = order[it * cfg.batch_size : (it + 1) * cfg.batch_size].tolist()
             set_lr(optimizer, lr_for(cfg, epoch, step, total))
             optimizer.zero_grad(set_to_none=True)
-            epoch_loss += method.backward(pixels, labels).item()
-            optimizer.step()
+            scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+            for micro in my_micro_batches(batch, accumulate):
+                pixels, labels = _collate([images[i] for i in micro], backbone)
+                with autocast:
+                    weighted = method.backward(pixels, labels, scale * len(micro) / len(batch))
+                epoch_loss += weighted.item() / scale
+            sum_gradients(params)
+            scaler.unscale_(optimizer)
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
-        losses.append(epoch_loss / iters)
+            epoch_steps += 1
+        losses.append(epoch_loss / max(epoch_steps, 1))
         method.on_epoch_end(epoch)
     method.on_fit_end()
     method.eval()
-    return {"epochs": cfg.epochs, "steps": step, "first_loss": losses[0], "last_loss": losses[-1]}
+    return {"epochs": epochs, "steps": step, "first_loss": losses[0], "last_loss": losses[-1]}
+
+
+def _collate(batch, backbone) -> tuple[torch.Tensor, torch.Tensor]:
+    pixels = torch.stack([b[0] for b in batch]).to(backbone.device, backbone.dtype)
+    return pixels, torch.tensor([b[1] for b in batch])
+
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` is bf16 where CUDA supports it, else fp32; fp16 (with loss scaling) needs CUDA."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got '{precision}'.")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision=fp16 needs a CUDA device; use bf16 or fp32 on this device.")
+    return precision
+
+
+def autocast_context(precision: str, device: torch.device):
+    """Autocast to ``precision`` (already resolved) on ``device``; fp32 runs as is."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

@@ -7,7 +7,10 @@ from vlpeft.methods import (
     cocoop,
     coop,
     cross_modal,
+    finetune,
+    layer_adapters,
     linear_probe,
+    lora,
     lp_pp,
     multimodal,
     plot,
@@ -17,6 +20,7 @@ from vlpeft.methods import (
 )
 from vlpeft.methods.base import METHODS, Method, MethodConfig, get_method, list_methods, register_method
 from vlpeft.methods.feature_head import ClassText, FeatureHead, HeadData
+from vlpeft.methods.module_adapter import ModuleAdapter
 
 __all__ = [
     "METHODS",
@@ -25,15 +29,19 @@ __all__ = [
     "HeadData",
     "Method",
     "MethodConfig",
+    "ModuleAdapter",
     "ape",
     "clap",
     "clip_adapter",
     "cocoop",
     "coop",
     "cross_modal",
+    "finetune",
     "get_method",
+    "layer_adapters",
     "linear_probe",
     "list_methods",
+    "lora",
     "lp_pp",
     "multimodal",
     "plot",

@@ -179,6 +179,21 @@ class Method(nn.Module):
     def before_load(self, meta: Mapping[str, Any]) -> None:
         """Create sub-modules from the saved metadata before tensors are loaded into them."""
 
+    def export_parts(self, merge: bool = False) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+        """``(transformers model, W, b)`` with logits ``normalize(model image features) @ W.T + b``.
+
+        For ``vlpeft export``: methods whose prediction a plain transformers model plus a linear
+        class head reproduces implement it (an attached method: ``attach(backbone, classnames)``).
+        """
+        raise not_exportable(self.name, "they are not a linear head over the model's image features")
+
+
+def not_exportable(name: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"{name} cannot be exported as a plain transformers model: its predictions need vlpeft's code "
+        f"({why}). Use `vlpeft predict --run DIR` instead."
+    )
+
 
 def _set_tensor(module: nn.Module, dotted: str, tensor: torch.Tensor) -> None:
     *path, leaf = dotted.split(".")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlpeft.methods.base import register_method
+from vlpeft.methods.base import not_exportable, register_method
 from vlpeft.methods.coop import PromptConfig, PromptHead
 from vlpeft.methods.feature_head import HeadData
 
@@ -40,6 +40,9 @@ class CoCoOp(PromptHead):
     name = "cocoop"
     paper = "https://arxiv.org/abs/2203.05557"
     config_class = CoCoOpConfig
+
+    def export_parts(self, merge: bool = False):
+        raise not_exportable(self.name, "the prompts depend on each image")
 
     def build(self, num_classes: int, embed_dim: int) -> None:
         width = self.backbone.token_embedding.embedding_dim

@@ -105,6 +105,12 @@ class PromptHead(FeatureHead):
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * F.normalize(features, dim=-1) @ self.text_features().t()
 
+    def export_parts(self, merge: bool = False) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+        """The unchanged backbone; the learned prompts live on as their class embeddings."""
+        with torch.no_grad():
+            weight = self.logit_scale.float().cpu() * self.text_features()
+        return self.backbone.model, weight, torch.zeros(len(weight))
+
 
 @register_method
 class CoOp(PromptHead):
@@ -125,12 +131,7 @@ class CoOp(PromptHead):
 
     @classmethod
     def preset(cls, dataset: str, shots: int | None) -> dict[str, Any]:
-        out = super().preset(dataset, shots)
-        if dataset == "ImageNet" or (shots is not None and shots <= 1):
-            out["epochs"] = 50
-        elif shots is not None and shots <= 4:
-            out["epochs"] = 100
-        return out
+        return {**super().preset(dataset, shots), **coop_epochs(dataset, shots)}
 
 
 @dataclass
@@ -263,6 +264,15 @@ class ProGrad(PromptHead):
         for p, gc, gk in zip(params, g_ce, g_kd, strict=True):
             p.grad = project_gradient(gc, gk, self.config.projection_weight)
         return ce.detach()
+
+
+def coop_epochs(dataset: str, shots: int | None) -> dict[str, int]:
+    """CoOp's epochs by shots (scripts/coop/main.sh; PLOT's train.py too): 50 / 100 / 200; ImageNet 50."""
+    if dataset == "ImageNet" or (shots is not None and shots <= 1):
+        return {"epochs": 50}
+    if shots is not None and shots <= 4:
+        return {"epochs": 100}
+    return {}
 
 
 def project_gradient(g_ce: torch.Tensor, g_kd: torch.Tensor, weight: float = 1.0) -> torch.Tensor:

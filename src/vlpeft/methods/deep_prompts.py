@@ -136,8 +136,9 @@ class PixelPromptLearner(Method):
     def loss(self, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.logits(pixels), labels.to(self.logit_scale.device))
 
-    def backward(self, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        loss = self.loss(pixels, labels)
+    def backward(self, pixels: torch.Tensor, labels: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+        """Backpropagate ``weight * loss`` (the trainer's share of the batch); returns it detached."""
+        loss = self.loss(pixels, labels) * weight
         loss.backward()
         return loss.detach()
 

@@ -131,6 +131,7 @@ class TrainedHeadConfig(HeadConfig):
     schedule: str = "dassl-cosine"  # dassl-cosine (per epoch, constant warm-up) | cosine-iter | constant
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
+    min_lr: float = 0.0  # eta_min of the cosine schedules
     batches_per_epoch: str = "dassl"  # dassl: floor(N/B) batches (1 if N < B) | ceil: ceil(N/B)
     sampling: str = "image"  # image: each image once per epoch, a random view | pool: rows of all views
     views: int = 10  # augmented views cached per training image

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlpeft.backbones.base import Backbone
-from vlpeft.methods.base import register_method
-from vlpeft.methods.coop import PromptConfig, PromptHead
+from vlpeft.methods.base import not_exportable, register_method
+from vlpeft.methods.coop import PromptConfig, PromptHead, coop_epochs
 from vlpeft.methods.feature_head import HeadData
 from vlpeft.methods.prompts import new_context
 
@@ -71,14 +71,12 @@ class PLOT(PromptHead):
     uses_tokens = True
     dataset_presets = {"ImageNet": {"add_global": True}}
 
+    def export_parts(self, merge: bool = False):
+        raise not_exportable(self.name, "optimal transport over local features")
+
     @classmethod
     def preset(cls, dataset: str, shots: int | None) -> dict[str, Any]:
-        out = super().preset(dataset, shots)
-        if dataset == "ImageNet" or (shots is not None and shots <= 1):
-            out["epochs"] = 50
-        elif shots is not None and shots <= 4:
-            out["epochs"] = 100
-        return out
+        return {**super().preset(dataset, shots), **coop_epochs(dataset, shots)}
 
     @classmethod
     def parameter_count(

@@ -42,3 +42,14 @@ class ZeroShot(FeatureHead):
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * F.normalize(features, dim=-1) @ self.weights.t() + self.logit_bias
+
+    def bind(self, backbone) -> None:
+        object.__setattr__(self, "_backbone", backbone)
+
+    def export_parts(self, merge: bool = False):
+        weight = (self.logit_scale * self.weights).float().cpu()
+        return (
+            self.__dict__["_backbone"].model,
+            weight,
+            self.logit_bias.float().cpu().expand(len(weight)).clone(),
+        )
