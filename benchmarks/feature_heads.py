@@ -67,7 +67,7 @@ def cold_vs_warm(method: str = "tip-adapter") -> tuple[float, float, int, int]:
         ws = world_set("WorldShapes")
         write_world_set(ws, data / ws.folder, 0, per_class=(20, 4, 10))
         cfg = TrainConfig(
-            method, str(model), "imagefolder", str(data), shots=16, cache_dir=str(tmp / "cache"), device="cpu"
+            method, str(model), "WorldShapes", str(data), shots=16, cache_dir=str(tmp / "cache"), device="cpu"
         )
         start = time.perf_counter()
         cold = run_train(cfg)
@@ -91,7 +91,11 @@ def main() -> None:
     names = (
         args.heads.split(",")
         if args.heads
-        else [n for n in list_methods() if issubclass(get_method(n), FeatureHead)]
+        else [
+            n
+            for n in list_methods()
+            if issubclass(get_method(n), FeatureHead) and not get_method(n).needs_backbone
+        ]
     )
     print(f"Fit time from a warm cache: C=100, K=16, V=10, D=512, 4-shot val; {args.threads} threads")
     rows = fit_times(names)

@@ -363,3 +363,22 @@ def test_two_process_run_equals_one_process_with_the_same_global_batch(tiny_clip
     )
     for key in single:
         torch.testing.assert_close(double[key], single[key], atol=1e-5, rtol=1e-4)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(backbone, world):
+    grads = []
+    for checkpointing in ("false", "true"):
+        method, data = make_method("lora", backbone, world, dropout="0", grad_checkpointing=checkpointing)
+        method.prepare(data)
+        method.train()
+        pixels, labels = pixels_of(backbone, world.train), torch.tensor([d.label for d in world.train])
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for layer in method.lora_layers():
+                layer.lora_B["default"].weight.normal_(std=0.1)
+        method.backward(pixels, labels)
+        grads.append([p.grad.clone() for p in method.trainable_parameters()])
+        active = any(getattr(m, "gradient_checkpointing", False) for m in method.backbone.model.modules())
+        assert active == (checkpointing == "true")
+    for plain, checkpointed in zip(*grads, strict=True):
+        torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=1e-5)

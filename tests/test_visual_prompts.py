@@ -179,7 +179,10 @@ def test_train_and_base_to_new_run(backbone, world, tmp_path, tiny_clip):
         overrides={"epochs": "1", "depth_text": "2", "depth_vision": "2"},
     )
     result = run_train(cfg, tmp_path / "run")
-    assert result["image_encoder_forwards"] == 0 and 0 <= result["metrics"]["accuracy"] <= 100
+    trained_and_tested = 2 * 2 + 2 * 2  # 2 base classes x (2 shots, 1 epoch + 2 test images), prompted
+    assert (
+        result["image_encoder_forwards"] == trained_and_tested and 0 <= result["metrics"]["accuracy"] <= 100
+    )
     new = evaluate_run(tmp_path / "run", subsample="new", cache_dir=str(tmp_path / "c"))
     assert new["base_to_new"]["harmonic_mean"] == pytest.approx(
         2

@@ -46,6 +46,7 @@ class Backbone(nn.Module):
     vision_width: int
     context_length: int  # L, the tokenized length
     causal_text: bool  # causal text attention (CLIP) allows truncating after the EOT token
+    image_forwards: int = 0  # images this backbone's image encoder has processed
 
     # ---- image side -------------------------------------------------------------------
     @property

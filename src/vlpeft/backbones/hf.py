@@ -48,12 +48,14 @@ class HFBackbone(Backbone):
         return self._transform
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.image_forwards += len(pixels)
         out = self.model.vision_model(pixel_values=pixels.to(self.device))
         if self.family == "clip":
             return self.model.visual_projection(out.pooler_output)  # (B, D)
         return out.pooler_output  # SigLIP: attention-pooling head output (B, D)
 
     def encode_image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.image_forwards += len(pixels)
         hidden = self.model.vision_model(pixel_values=pixels.to(self.device)).last_hidden_state  # (B, T, Wv)
         if self.family == "clip":  # OpenAI's ViT applies ln_post and the projection to every token
             return self.model.visual_projection(self.model.vision_model.post_layernorm(hidden))

@@ -152,7 +152,7 @@ def run_train(
         device = local_device(resolve_device(cfg.device))
         backbone = backbone or load_backbone(cfg.model, device=device, dtype=cfg.dtype)
         store = store or FeatureStore(backbone, cfg.cache_dir, cfg.batch_size, cfg.workers)
-        forwards_before = store.image_encoder_forwards
+        forwards_before = store.image_encoder_forwards, backbone.image_forwards
         head.bind(backbone)
         pixels = needs_pixels(head)
         data = pixel_data(cfg, dataset, val, store) if pixels else head_data(cfg, head, dataset, val, store)
@@ -177,7 +177,10 @@ def run_train(
             "trainable_parameters": head.num_trainable_parameters(),
             "processes": rank_and_size()[1],
         }
-        result |= {"image_encoder_forwards": store.image_encoder_forwards - forwards_before, "config": config}
+        result |= {
+            "image_encoder_forwards": _forwards(head, store, backbone, forwards_before),
+            "config": config,
+        }
         logger.info("%s test accuracy %.2f%%", head.name, result["metrics"]["accuracy"])
         if out is not None:
             extra = {
@@ -191,6 +194,17 @@ def run_train(
             head.save_adapter(out, extra)
             write_run(out, config, result)
         return result
+
+
+def _forwards(head: Method, store: FeatureStore, backbone: Backbone, before: tuple[int, int]) -> int:
+    """Images through an image encoder during the run: the store's (features) or the method's (pixels).
+
+    Module adapters encode with their own copy of the backbone, whose count starts at zero.
+    """
+    if not needs_pixels(head):
+        return store.image_encoder_forwards - before[0]
+    used = head.backbone
+    return used.image_forwards - (before[1] if used is backbone else 0)
 
 
 def needs_pixels(method: Method) -> bool:

@@ -48,7 +48,7 @@ class ModuleAdapterConfig(TrainedHeadConfig):
     batches_per_epoch: str = "ceil"  # CLIP-LoRA's loader keeps the last partial batch
     iters_per_shot: int = 500  # total steps = iters_per_shot * shots; 0 (or no --shots): `epochs`
     epochs: int = 50
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA, loss scaling) | auto (bf16 where supported)
+    precision: str = "auto"  # auto: bf16 where CUDA supports it, else fp32 | fp32 | bf16 | fp16 (CUDA)
     grad_checkpointing: bool = False
     accumulate: int = 1  # micro-batches per optimiser step (same global batch, less memory)
     grad_clip: float = 0.0  # max gradient norm; 0 = no clipping
@@ -132,6 +132,7 @@ class ModuleAdapter(Method):
             return
         model = copy.deepcopy(backbone)
         model.requires_grad_(False)
+        model.image_forwards = 0
         self.adapted = model
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -168,9 +169,7 @@ class ModuleAdapter(Method):
         self.bind(self.__dict__["_source"], seed=data.seed)
         self.attach(self.__dict__["_source"], data.text.classnames)
         if self.config.grad_checkpointing:
-            self.backbone.model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            set_checkpointing(self.backbone.model, True)
 
     def text_trainable(self) -> bool:
         """Whether any parameter of the copy's text tower is trained (then text runs every step)."""
@@ -225,7 +224,7 @@ class ModuleAdapter(Method):
         self.prepare(data)
         report = train_on_pixels(self, data, self.config, max_steps=self.total_steps(data))
         if self.config.grad_checkpointing:
-            self.backbone.model.gradient_checkpointing_disable()
+            set_checkpointing(self.backbone.model, False)
         return report
 
     def on_epoch_end(self, epoch: int) -> None:
@@ -285,6 +284,17 @@ class ModuleAdapter(Method):
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.trainable_parameters())
+
+
+def set_checkpointing(model: nn.Module, on: bool) -> None:
+    """Recompute each block's activations in the backward pass (transformers >= 5.x names first)."""
+    if on:
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        getattr(model, "activation_checkpointing_disable", model.gradient_checkpointing_disable)()
 
 
 def unfreeze(model: nn.Module, select) -> int:
