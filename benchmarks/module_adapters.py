@@ -60,7 +60,8 @@ def run_method(name: str, directory: Path, steps: int, batch: int, device: str) 
     method.prepare(PixelData((), (), text, len(CLASSES), float(backbone.logit_scale), seed=1, shots=16))
     method.train()
     optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=1e-5)
-    pixels = torch.randn(batch, 3, 224, 224, device=device)
+    size = backbone.model.config.vision_config.image_size
+    pixels = torch.randn(batch, 3, size, size, device=device)
     labels = torch.arange(batch) % len(CLASSES)
 
     def step() -> None:

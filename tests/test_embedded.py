@@ -42,12 +42,12 @@ def test_embedded_reproduces_its_stored_zero_shot_accuracies(embedded):
 
 
 @pytest.fixture(scope="module")
-def textures_root(tmp_path_factory):
-    """WorldTextures with 16 train, 4 val and 15 test images per class (a subset of the demo's)."""
+def pointillism_root(tmp_path_factory):
+    """WorldPointillism (a style unseen in pretraining): 16 train, 4 val, 15 test images per class."""
     from vlpeft.data.world.datasets import world_set, write_world_set
 
     root = tmp_path_factory.mktemp("world")
-    ws = world_set("WorldTextures")
+    ws = world_set("WorldPointillism")
     write_world_set(ws, root / ws.folder, 0, per_class=(16, 4, 15))
     return root
 
@@ -55,23 +55,23 @@ def textures_root(tmp_path_factory):
 def _accuracy(method: str, embedded, root, cache, **overrides) -> float:
     from vlpeft.engine.runner import TrainConfig, run_train
 
-    cfg = TrainConfig(method, "embedded", "WorldTextures", str(root), shots=16, seed=1, cache_dir=str(cache),
-                      overrides=overrides, device="cpu")  # fmt: skip
+    common = dict(shots=16, seed=1, cache_dir=str(cache), overrides=overrides, device="cpu")
+    cfg = TrainConfig(method, "embedded", "WorldPointillism", str(root), **common)
     return run_train(cfg, backbone=embedded)["metrics"]["accuracy"]
 
 
 @pytest.mark.parametrize(
     ("method", "overrides"),
     [
-        ("tip-adapter-f", {}),  # issue: a 16-shot feature head beats zero-shot
-        ("coop", {"epochs": "50"}),  # a 16-shot prompt learner beats zero-shot
-        ("lora", {"iters_per_shot": "10"}),  # a 16-shot module adapter beats zero-shot (160 steps)
+        ("zs-init-lp", {}),  # a 16-shot feature head (zero-shot 16.7% -> 26.7% when written)
+        ("coop-ctxv1", {"epochs": "50"}),  # CoOp, CoCoOp-paper setting, 150 steps (-> 24.0%)
+        ("lora", {"iters_per_shot": "10", "lr": "1e-3"}),  # 160 steps, so a larger lr (-> 29.3%)
     ],
 )
 def test_sixteen_shot_adaptation_beats_zero_shot(
-    method, overrides, embedded, textures_root, tmp_path_factory
+    method, overrides, embedded, pointillism_root, tmp_path_factory
 ):
     cache = tmp_path_factory.getbasetemp() / "embedded-cache"
-    zero_shot = _accuracy("zero-shot", embedded, textures_root, cache)
-    adapted = _accuracy(method, embedded, textures_root, cache, **overrides)
+    zero_shot = _accuracy("zero-shot", embedded, pointillism_root, cache)
+    adapted = _accuracy(method, embedded, pointillism_root, cache, **overrides)
     assert adapted >= zero_shot + 5, (method, zero_shot, adapted)

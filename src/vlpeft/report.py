@@ -71,7 +71,7 @@ def averaged(rows: Sequence[dict], datasets: Sequence[str]) -> list[dict]:
 
 def markdown(rows: Sequence[dict], datasets: Sequence[str], methods: Sequence[str], shots: int) -> str:
     """A markdown table: methods x datasets (+ average) at ``shots`` shots."""
-    table = pivot(rows)
+    table = pivot(averaged(rows, datasets))
     cols = [*datasets, AVERAGE]
     lines = [f"| {shots}-shot | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for method in methods:
