@@ -38,7 +38,7 @@ def test_truncation_after_eot_is_exact(tiny_clip):
     embeds, eot = backbone.token_embedding(ids), backbone.eot_index(ids)
     assert int(eot.max()) + 1 < backbone.context_length  # truncation really shortens the sequence
     full = backbone.encode_text_embeddings(embeds, eot, truncate=False)
-    torch.testing.assert_close(backbone.encode_text_embeddings(embeds, eot), full, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(backbone.encode_text_embeddings(embeds, eot), full, atol=1e-5, rtol=1e-5)
 
 
 def test_image_encoders(backbone):

