@@ -141,3 +141,35 @@ def coop_root(tmp_path_factory) -> Path:
     for name in SPLIT_FILES:
         make_coop_tree(root, name)
     return root
+
+
+TINY_WORLD_CLASSES = ("circle", "square", "star")
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """A 3-class WorldShapes in CoOp layout: 3 train, 1 val, 2 test images per class."""
+    from vlpeft.data import load_dataset
+    from vlpeft.data.world.datasets import WorldSet, shapes_scene, write_world_set
+
+    ws = WorldSet("WorldShapes", "world_shapes", "a photo of a {}.", TINY_WORLD_CLASSES, shapes_scene)
+    root = tmp_path_factory.mktemp("world")
+    write_world_set(ws, root / ws.folder, 0, per_class=(3, 1, 2))
+    return load_dataset("WorldShapes", root)
+
+
+def pixel_data(backbone, world, seed: int = 0):
+    """What a pixel-level method learns from, with the single template "a photo of a {}."."""
+    from vlpeft.methods import ClassText
+    from vlpeft.methods.deep_prompts import PixelData
+
+    encode = lambda prompts: backbone.encode_text(backbone.tokenize(prompts)).detach()  # noqa: E731
+    text = ClassText(world.classnames, lambda kind: ["a photo of a {}."], encode)
+    return PixelData(world.train, world.val, text, world.num_classes, float(backbone.logit_scale), seed=seed)
+
+
+def pixels_of(backbone, items):
+    """(N, 3, H, W) eval-transformed pixels of dataset items."""
+    import torch
+
+    return torch.stack([backbone.preprocess(Image.open(i.impath)) for i in items])

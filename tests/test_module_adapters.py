@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from vlpeft.backbones import load_backbone
-from vlpeft.methods import ClassText, Method, ModuleAdapter, get_method, list_methods
-from vlpeft.methods.deep_prompts import PixelData
+from vlpeft.methods import Method, ModuleAdapter, get_method, list_methods
+
+from conftest import TINY_WORLD_CLASSES, pixel_data, pixels_of
 
 ADAPTERS = [n for n in list_methods() if issubclass(get_method(n), ModuleAdapter)]
-NAMES = ["circle", "square", "star"]
+NAMES = list(TINY_WORLD_CLASSES)
 
 
 @pytest.fixture(scope="module")
@@ -20,14 +21,8 @@ def backbone(tiny_clip):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from vlpeft.data import load_dataset
-    from vlpeft.data.world.datasets import WorldSet, shapes_scene, write_world_set
-
-    ws = WorldSet("WorldShapes", "world_shapes", "a photo of a {}.", tuple(NAMES), shapes_scene)
-    root = tmp_path_factory.mktemp("world")
-    write_world_set(ws, root / ws.folder, 0, per_class=(3, 1, 2))
-    return load_dataset("WorldShapes", root)
+def world(tiny_world):
+    return tiny_world
 
 
 def make_method(name: str, backbone, world, seed: int = 0, **overrides):
@@ -36,16 +31,7 @@ def make_method(name: str, backbone, world, seed: int = 0, **overrides):
     settings = {"epochs": "2", "iters_per_shot": "0", **overrides}
     method = cls(cls.config_class().with_overrides({k: v for k, v in settings.items() if k in fields}))
     method.bind(backbone)
-    encode = lambda prompts: backbone.encode_text(backbone.tokenize(prompts)).detach()  # noqa: E731
-    text = ClassText(world.classnames, lambda kind: ["a photo of a {}."], encode)
-    data = PixelData(world.train, world.val, text, world.num_classes, float(backbone.logit_scale), seed=seed)
-    return method, data
-
-
-def pixels_of(backbone, items):
-    from PIL import Image
-
-    return torch.stack([backbone.preprocess(Image.open(i.impath)) for i in items])
+    return method, pixel_data(backbone, world, seed)
 
 
 def zero_shot_logits(backbone, pixels, classnames):

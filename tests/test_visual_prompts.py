@@ -9,12 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from vlpeft.backbones import load_backbone
-from vlpeft.methods import ClassText, Method, get_method, list_methods
-from vlpeft.methods.deep_prompts import PixelData, PixelPromptLearner, text_prompts, vision_prompts
+from vlpeft.methods import Method, get_method, list_methods
+from vlpeft.methods.deep_prompts import PixelPromptLearner, text_prompts, vision_prompts
 from vlpeft.methods.multimodal import gaussian_weights
 
+from conftest import TINY_WORLD_CLASSES, pixel_data, pixels_of
+
 PIXEL_METHODS = [n for n in list_methods() if issubclass(get_method(n), PixelPromptLearner)]
-NAMES = ["circle", "square", "star"]
+NAMES = list(TINY_WORLD_CLASSES)
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +25,8 @@ def backbone(tiny_clip):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from vlpeft.data import load_dataset
-    from vlpeft.data.world.datasets import WorldSet, shapes_scene, write_world_set
-
-    ws = WorldSet("WorldShapes", "world_shapes", "a photo of a {}.", tuple(NAMES), shapes_scene)
-    root = tmp_path_factory.mktemp("world")
-    write_world_set(ws, root / ws.folder, 0, per_class=(3, 1, 2))
-    return load_dataset("WorldShapes", root)
+def world(tiny_world):
+    return tiny_world
 
 
 def make_method(name: str, backbone, world, **overrides):
@@ -43,16 +39,7 @@ def make_method(name: str, backbone, world, **overrides):
     }
     method = cls(cls.config_class().with_overrides({**small, **overrides}))
     method.bind(backbone)
-    encode = lambda prompts: backbone.encode_text(backbone.tokenize(prompts)).detach()  # noqa: E731
-    text = ClassText(world.classnames, lambda kind: ["a photo of a {}."], encode)
-    data = PixelData(world.train, world.val, text, world.num_classes, float(backbone.logit_scale), seed=0)
-    return method, data
-
-
-def pixels_of(backbone, items):
-    from PIL import Image
-
-    return torch.stack([backbone.preprocess(Image.open(i.impath)) for i in items])
+    return method, pixel_data(backbone, world)
 
 
 def _spy_layer_inputs(backbone, tower, index, store):
