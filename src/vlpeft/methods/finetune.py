@@ -125,11 +125,8 @@ class FullFinetune(ModuleAdapter):
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(self.image_features(pixels))
 
-    def export_parts(self, merge: bool = False) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-        import copy
-
-        head = self.head.weight.detach().float().cpu().clone(), self.head.bias.detach().float().cpu().clone()
-        return copy.deepcopy(self.backbone.model), *head
+    def class_head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head.weight.detach().clone(), self.head.bias.detach().clone()
 
 
 @dataclass

@@ -239,12 +239,16 @@ class ModuleAdapter(Method):
 
     # ---- export ------------------------------------------------------------------------------
     def export_parts(self, merge: bool = False) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-        """The adapted transformers model and the text head computed by its text tower."""
+        """The adapted transformers model (saving does not change it) and the class head."""
         with torch.no_grad():
-            model = self.backbone
-            weight = model.logit_scale.float().cpu() * self.text_features().cpu()
-            bias = model.logit_bias.float().cpu().expand(len(weight)).clone()
-        return copy.deepcopy(self.export_model(merge)), weight, bias
+            weight, bias = self.class_head()
+        return self.export_model(merge), weight.float().cpu(), bias.float().cpu()
+
+    def class_head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(C, D) weight and (C,) bias on normalised image features: the text head, scaled."""
+        model = self.backbone
+        weight = model.logit_scale.float() * self.text_features()
+        return weight, model.logit_bias.float().expand(len(weight)).clone()
 
     def export_model(self, merge: bool) -> nn.Module:
         """The transformers model to save; methods whose deltas live outside the weights override it."""
