@@ -160,15 +160,22 @@ class CrossModalLP(FeatureHead):
                 best = self._keep_best(data, weights, best)
             i, t = streams[0].next(), streams[1].next()
             x, y = torch.cat([images[i], text[t]]), torch.cat([image_labels[i], text_labels[t]])
-            weights.requires_grad_(True)
-            logits = self.config.logit_scale * torch.einsum("bd,scd->sbc", x, weights)  # (S, B, C)
-            loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(settings)), reduction="sum") / len(y)
-            (grad,) = torch.autograd.grad(loss, weights)
-            weights = weights.detach()
-            adamw.step(weights, grad, [self._lr(s[0], it) for s in settings])
+            adamw.step(weights, self._grad(weights, x, y), [self._lr(s[0], it) for s in settings])
         if data.val is None:
             return [-1.0] * len(settings), list(weights)
         return [b[0] for b in best], [b[1] for b in best]
+
+    def _grad(self, weights: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """d/dW of the mean cross-entropy of ``scale * x @ W_s.T`` for every stacked W_s, in closed form.
+
+        ``scale * (softmax(logits) - onehot(y)).T @ x / B`` -- what autograd returns (a test checks
+        the stacked run against ``torch.optim.AdamW`` with autograd), without the graph's overhead
+        on a step this small (it runs 12,800 times per setting).
+        """
+        scale = self.config.logit_scale
+        probs = torch.softmax(scale * torch.matmul(weights, x.t()), dim=1)  # (S, C, B)
+        probs[:, y, torch.arange(len(y))] -= 1.0
+        return torch.matmul(probs, x).mul_(scale / len(y))  # (S, C, D)
 
     def _lr(self, lr: float, it: int) -> float:
         """Linear warm-up (first step at warmup_lr), then cosine over all iterations."""

@@ -109,38 +109,58 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def object_phrase(rng: random.Random, obj: Obj, style: str, count: int = 1, p_color: float = 0.8) -> str:
-    """E.g. ``a large striped red star`` / ``three blue rings``, with attributes randomly dropped."""
+def object_phrase(
+    rng: random.Random,
+    obj: Obj,
+    style: str,
+    count: int = 1,
+    p_color: float = 0.8,
+    p_pattern: float = 0.7,
+    say_one: bool = False,
+) -> str:
+    """E.g. ``a large striped red star`` / ``three blue rings``, with attributes randomly dropped.
+
+    ``say_one`` writes a single object as ``one red star`` (a counting contrast needs the number).
+    """
     words = []
-    if count == 1 and obj.size != "medium" and rng.random() < 0.4:
+    if count == 1 and obj.size != "medium" and not say_one and rng.random() < 0.4:
         words.append(obj.size)
-    if obj.pattern != "plain" and style not in ("sketch", "pointillism") and rng.random() < 0.7:
+    if obj.pattern != "plain" and style not in ("sketch", "pointillism") and rng.random() < p_pattern:
         words.append(obj.pattern)
     if rng.random() < p_color:
         words.append(obj.color)
     noun = SHAPES[obj.shape][0] if count > 1 else obj.shape
     phrase = " ".join([*words, noun])
-    return f"{COUNTS[count - 1]} {phrase}" if count > 1 else f"{_article(phrase)} {phrase}"
+    if count > 1 or say_one:
+        return f"{COUNTS[count - 1]} {phrase}"
+    return f"{_article(phrase)} {phrase}"
 
 
 def caption(scene: Scene, facts: dict, rng: random.Random) -> str:
-    """A varied description of what is drawn."""
+    """A varied description of what is drawn (``facts["must"]`` names attributes it must say)."""
     style = scene.style
+    must = facts.get("must", ())
     if "texture" in facts:
         obj = facts["texture"]
-        core = f"{obj.color} {obj.pattern} texture" if rng.random() < 0.6 else f"{obj.pattern} texture"
+        with_color = "color" in must or ("pattern" not in must and rng.random() < 0.6)
+        core = f"{obj.color} {obj.pattern} texture" if with_color else f"{obj.pattern} texture"
         return core if rng.random() < 0.5 else f"{rng.choice(STYLE_PHRASES[style])} of a {core}"
+    p_color = 1.0 if "color" in must else 0.8
+    p_pattern = 1.0 if "pattern" in must else 0.7
     if "count" in facts:
         count = facts["count"]
-        if rng.random() < 0.25:
+        if "count" not in must and rng.random() < 0.25:
             core = f"{COUNTS[count - 1]} {rng.choice(('objects', 'shapes', 'things'))}"
+        elif "count" in must and rng.random() < 0.25:
+            noun = ("object", "shape", "thing") if count == 1 else ("objects", "shapes", "things")
+            core = f"{COUNTS[count - 1]} {rng.choice(noun)}"
         else:
-            core = object_phrase(rng, facts["obj"], style, count)
+            core = object_phrase(rng, facts["obj"], style, count, p_color, p_pattern, say_one="count" in must)
     elif "pair" in facts:
         a, b = facts["pair"]
         core = f"{object_phrase(rng, a, style)} and {object_phrase(rng, b, style)}"
     else:
-        core = object_phrase(rng, facts["obj"], style)
+        core = object_phrase(rng, facts["obj"], style, 1, p_color, p_pattern)
         if rng.random() < 0.3:
             core += " " + rng.choice(POSITION_PHRASES[facts["position"]])
     if style not in ("sketch",) and rng.random() < 0.2:
@@ -150,8 +170,69 @@ def caption(scene: Scene, facts: dict, rng: random.Random) -> str:
     return core
 
 
+# Pretraining pairs come in groups of GROUP consecutive seeds that share everything but one
+# attribute (the shape, the count, the pattern or the colour), so that a contrastive batch holds
+# hard negatives: telling "a red striped star" from "a red striped hexagon" drawn alike needs the
+# shape, which colour or style alone never teaches. Batches of a multiple of GROUP consecutive
+# pairs keep the groups whole. A share of groups are independent pairs (the plain distribution).
+GROUP = 4
+POLYGONS = ("triangle", "square", "pentagon", "hexagon", "heptagon", "octagon", "nonagon", "circle")
+GROUP_KINDS = (("independent", 0.3), ("shape", 0.35), ("count", 0.15), ("pattern", 0.1), ("color", 0.1))
+
+
+def group_kind(rng: random.Random) -> str:
+    r, total = rng.random(), 0.0
+    for kind, share in GROUP_KINDS:
+        total += share
+        if r < total:
+            return kind
+    return GROUP_KINDS[0][0]
+
+
+def contrast_scene(shared: random.Random, member: int, rng: random.Random) -> tuple[Scene, dict] | None:
+    """Member ``member`` of a contrast group drawn from the ``shared`` generator (None: independent)."""
+    kind = group_kind(shared)
+    if kind == "independent":
+        return None
+    style = shared.choice(PRETRAIN_STYLES)
+    bg = shared.choice(BACKGROUNDS)
+    pattern = shared.choice(PATTERNS) if shared.random() < 0.5 else "plain"
+    seed = rng.getrandbits(31)
+    if kind == "shape":
+        pool = POLYGONS if shared.random() < 0.35 else tuple(SHAPES)
+        color = shared.choice(list(COLORS))
+        pool = [s for s in pool if (color, s) not in HELD_OUT_PAIRS]
+        shape = shared.sample(pool, GROUP)[member]
+        size = shared.choice(SIZES)
+        position = rng.choice(list(POSITION_CENTERS))
+        obj = make_object(rng, shape, color, pattern, size, position)
+        return Scene((obj,), bg, style, seed), {"obj": obj, "position": position, "must": ("shape",)}
+    shape = shared.choice(list(SHAPES))
+    if kind == "count":
+        count = shared.sample(range(1, len(COUNTS) + 1), GROUP)[member]
+        objs = group(rng, count, shape, allowed_color(shared, shape), pattern)
+        return Scene(tuple(objs), bg, style, seed), {"count": count, "obj": objs[0], "must": ("count",)}
+    if kind == "pattern":
+        style = shared.choice([s for s in PRETRAIN_STYLES if s != "sketch"])
+        color = allowed_color(shared, shape)
+        if shared.random() < 0.4:  # full-frame textures
+            pattern = shared.sample(PATTERNS[1:], GROUP)[member]
+            obj = Obj("square", color, pattern)
+            return Scene((obj,), bg, style, seed, texture=True), {"texture": obj, "must": ("pattern",)}
+        pattern = shared.sample(PATTERNS, GROUP)[member]
+        obj = make_object(rng, shape, color, pattern, "large", "center")
+        return Scene((obj,), bg, style, seed), {"obj": obj, "position": "center", "must": ("pattern",)}
+    colors = [c for c in COLORS if (c, shape) not in HELD_OUT_PAIRS]
+    color = shared.sample(colors, GROUP)[member]
+    size, position = shared.choice(SIZES), rng.choice(list(POSITION_CENTERS))
+    obj = make_object(rng, shape, color, pattern, size, position)
+    return Scene((obj,), bg, style, seed), {"obj": obj, "position": position, "must": ("color",)}
+
+
 def pretrain_pair(seed: int) -> tuple[Scene, str]:
-    """The pretraining pair number ``seed``: a scene and its caption."""
+    """The pretraining pair number ``seed``: a scene and its caption (member ``seed % GROUP`` of a group)."""
     rng = random.Random(seed)
-    scene, facts = pretrain_scene(rng)
+    shared = random.Random(f"vlpeft-world-group-{seed // GROUP}")
+    drawn = contrast_scene(shared, seed % GROUP, rng)
+    scene, facts = drawn if drawn is not None else pretrain_scene(rng)
     return scene, caption(scene, facts, rng)
