@@ -12,7 +12,7 @@ import pytest
 from vlpeft.data import load_dataset
 from vlpeft.data.world import WORLD_SETS, generate_world, pretrain_pair, render, world_set
 from vlpeft.data.world.datasets import COMPOSITION_CLASSES, write_world_set
-from vlpeft.data.world.vocab import HELD_OUT_PAIRS, HELD_OUT_STYLE, SHAPES
+from vlpeft.data.world.vocab import COUNTS, HELD_OUT_PAIRS, HELD_OUT_STYLE, SHAPES
 
 
 def _digest(directory) -> dict[str, str]:
@@ -97,3 +97,51 @@ def test_image_seeds_do_not_depend_on_hash_randomisation():
     assert random.Random(image_seed(0, "WorldShapes", "test", 3, 7)).random() == pytest.approx(
         random.Random(image_seed(0, "WorldShapes", "test", 3, 7)).random()
     )
+
+
+def test_pretraining_pairs_come_in_contrast_groups():
+    """Members of a group share style and background and differ in the attribute their captions name."""
+    from vlpeft.data.world.scenes import GROUP
+
+    kinds: dict[str, int] = {}
+    for g in range(400):
+        members = [pretrain_pair(g * GROUP + m) for m in range(GROUP)]
+        scenes, texts = [s for s, _ in members], [t.split() for _, t in members]
+        first = scenes[0].objects[0]
+        if len({s.style for s in scenes}) > 1 or len({s.background for s in scenes}) > 1:
+            continue  # an independent group
+        if len({len(s.objects) for s in scenes}) == GROUP:
+            kind, words = "count", [[COUNTS[len(s.objects) - 1]] for s in scenes]
+        elif len({s.objects[0].shape for s in scenes}) == GROUP:
+            kind, words = "shape", [[o.shape, SHAPES[o.shape][0]] for o in (s.objects[0] for s in scenes)]
+        elif len({s.objects[0].pattern for s in scenes}) == GROUP:
+            kind, words = "pattern", [[s.objects[0].pattern] for s in scenes]
+        elif len({s.objects[0].color for s in scenes}) == GROUP:
+            kind, words = "color", [[s.objects[0].color] for s in scenes]
+        else:
+            continue  # an independent group that happened to share style and background
+        assert all(s.objects[0].shape == first.shape for s in scenes) or kind == "shape"
+        kinds[kind] = kinds.get(kind, 0) + 1
+        for text, options in zip(texts, words, strict=True):
+            if options != ["plain"]:
+                assert any(w in text for w in options), (kind, options, text)
+    assert set(kinds) == {"count", "shape", "pattern", "color"} and min(kinds.values()) >= 20, kinds
+
+
+def test_pretraining_script_is_reproducible_and_loads(tmp_path):
+    from vlpeft.backbones import load_backbone
+    from vlpeft.data.world.pretrain import main
+    from vlpeft.errors import ConfigError
+
+    args = ["--steps", "2", "--batch-size", "8", "--warmup", "1", "--workers", "0", "--threads", "1"]
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        main(["--out", str(tmp_path / "bad"), *args[:2], "--batch-size", "6"])
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
+    main(["--out", str(tmp_path / "a"), *args])
+    main(["--out", str(tmp_path / "b"), *args])
+    weights = [(tmp_path / d / "model.safetensors").read_bytes() for d in "ab"]
+    assert weights[0] == weights[1]
+    log = json.loads((tmp_path / "a" / "pretrain_log.json").read_text())
+    assert len(log["loss_every_step"]) == 2
+    backbone = load_backbone(f"local:{tmp_path / 'a'}")
+    assert backbone.preprocess.output_size == (64, 64)

@@ -3,7 +3,9 @@
 ``python -m vlpeft.data.world.pretrain --out DIR [--steps 2600] [--seed 0]`` trains a small
 transformers ``CLIPModel`` (ViT 64px/8, width 160, 6 layers; text width 128, 4 layers) with the
 symmetric contrastive loss on pairs drawn by :func:`vlpeft.data.world.scenes.pretrain_pair`
-(pair ``i`` of seed ``s`` is always the same), and writes a ``save_pretrained`` directory with
+(pair ``i`` of seed ``s`` is always the same; consecutive pairs come in contrast groups of
+``scenes.GROUP`` that differ in one attribute, so a batch of consecutive pairs holds hard
+negatives — the batch size must be a multiple of ``GROUP``), and writes a ``save_pretrained`` directory with
 its own BPE tokenizer (learned on the world's captions) and ``preprocessor_config.json``.
 Every ``--save-every`` steps it keeps a resumable checkpoint in ``DIR.partial``. The shipped
 checkpoint (``vlpeft/assets/embedded``) was made with the defaults on a 2-core CPU; runs are
@@ -29,8 +31,9 @@ from vlpeft.backbones.tokenizers import write_clip_tokenizer
 from vlpeft.data.templates import IMAGENET_TEMPLATES
 from vlpeft.data.transforms import ImageTransform
 from vlpeft.data.world.render import render
-from vlpeft.data.world.scenes import pretrain_pair
+from vlpeft.data.world.scenes import GROUP, pretrain_pair
 from vlpeft.data.world.vocab import COLORS, COUNTS, PATTERNS, SHAPES, SIZES, STYLES
+from vlpeft.errors import ConfigError
 from vlpeft.io import atomic_directory
 
 logger = logging.getLogger("vlpeft.pretrain")
@@ -101,6 +104,11 @@ def contrastive_loss(model, pixels: torch.Tensor, ids: torch.Tensor) -> torch.Te
 def train(args: argparse.Namespace) -> Path:
     from transformers import AutoTokenizer
 
+    if args.batch_size % GROUP:
+        raise ConfigError(
+            f"--batch-size {args.batch_size} splits the contrast groups of {GROUP} pairs; "
+            f"use a multiple of {GROUP}."
+        )
     torch.set_num_threads(args.threads)
     partial = Path(f"{args.out}.partial")
     partial.mkdir(parents=True, exist_ok=True)
