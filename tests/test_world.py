@@ -105,7 +105,7 @@ def test_pretraining_pairs_come_in_contrast_groups():
 
     kinds: dict[str, int] = {}
     for g in range(400):
-        members = [pretrain_pair(g * GROUP + m) for m in range(GROUP)]
+        members = [pretrain_pair(g * GROUP + m, contrast=True) for m in range(GROUP)]
         scenes, texts = [s for s, _ in members], [t.split() for _, t in members]
         first = scenes[0].objects[0]
         if len({s.style for s in scenes}) > 1 or len({s.background for s in scenes}) > 1:
@@ -135,7 +135,7 @@ def test_pretraining_script_is_reproducible_and_loads(tmp_path):
 
     args = ["--steps", "2", "--batch-size", "8", "--warmup", "1", "--workers", "0", "--threads", "1"]
     with pytest.raises(ConfigError, match="multiple of 4"):
-        main(["--out", str(tmp_path / "bad"), *args[:2], "--batch-size", "6"])
+        main(["--out", str(tmp_path / "bad"), *args[:2], "--batch-size", "6", "--contrast-groups"])
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
     main(["--out", str(tmp_path / "a"), *args])
     main(["--out", str(tmp_path / "b"), *args])

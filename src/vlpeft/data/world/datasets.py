@@ -7,6 +7,12 @@ rendering style pretraining never saw (WorldPointillism) — plus four test-only
 of WorldShapes echoing ImageNet-V2, -Sketch, -A and -R. ``generate_world(root)`` writes
 ``root/<folder>/images/<class>/<split>_<i>.png`` and ``split_zhou_<Name>.json`` for each; the
 same seed always gives the same bytes.
+
+Like real benchmarks, each dataset has its own domain: WorldShapes, WorldPolygons and
+WorldCounting are flat or shaded drawings, WorldTextures adds noise, while pretraining mixes
+six styles. Version 2 (this one) narrowed those domains: with every style mixed in, a 16-shot
+linear probe on the embedded model's features could not beat zero-shot on shapes, textures or
+counting (the shifts V2/Sketch/A/R still test the other styles).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from vlpeft.data.world.scenes import group, make_object
 from vlpeft.data.world.vocab import BACKGROUNDS, COLORS, PATTERNS, PRETRAIN_STYLES, SIZES
 from vlpeft.io import atomic_directory, write_json_atomic
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 IMAGE_SIZE = 64
 POSITIONS = ("left", "right", "top", "bottom", "center")
 SceneMaker = Callable[[str, random.Random], Scene]
@@ -46,16 +52,16 @@ def _single(shape: str, color: str, rng: random.Random, style: str | None = None
 
 
 def shapes_scene(name: str, rng: random.Random) -> Scene:
-    return _single(name, _any_color(rng), rng)
+    return _single(name, _any_color(rng), rng, rng.choice(("flat", "shaded")))
 
 
 def polygons_scene(name: str, rng: random.Random) -> Scene:
-    style = rng.choice(("flat", "shaded", "noisy", "sketch"))
+    style = rng.choice(("flat", "shaded"))
     return _single(name, _any_color(rng), rng, style, size=rng.choice(("small", "medium")))
 
 
 def textures_scene(name: str, rng: random.Random) -> Scene:
-    style = rng.choice(("flat", "shaded", "noisy", "blurry", "inverted"))
+    style = rng.choice(("flat", "shaded", "noisy"))
     if rng.random() < 0.5:
         obj = Obj("square", _any_color(rng), name)
         return Scene((obj,), "plain", style, rng.getrandbits(31), texture=True)
@@ -73,7 +79,7 @@ def counting_scene(name: str, rng: random.Random) -> Scene:
     count = ("one", "two", "three", "four", "five", "six").index(name) + 1
     shape = rng.choice(("circle", "square", "triangle", "star", "heart", "diamond", "hexagon", "cross"))
     objs = group(rng, count, shape, _any_color(rng), _pattern(rng, 0.3))
-    return Scene(tuple(objs), rng.choice(BACKGROUNDS), rng.choice(PRETRAIN_STYLES), rng.getrandbits(31))
+    return Scene(tuple(objs), rng.choice(BACKGROUNDS), rng.choice(("flat", "shaded")), rng.getrandbits(31))
 
 
 def compositions_scene(name: str, rng: random.Random) -> Scene:
@@ -168,7 +174,7 @@ WORLD_SETS: tuple[WorldSet, ...] = (
         "a photo of a {}.",
         SHAPE_CLASSES,
         shapes_scene,
-        description="12 shape categories, any colour, pattern and style",
+        description="12 shape categories, any colour and pattern, flat or shaded",
         echoes="ImageNet / Caltech101",
     ),
     WorldSet(

@@ -3,9 +3,9 @@
 ``python -m vlpeft.data.world.pretrain --out DIR [--steps 2600] [--seed 0]`` trains a small
 transformers ``CLIPModel`` (ViT 64px/8, width 160, 6 layers; text width 128, 4 layers) with the
 symmetric contrastive loss on pairs drawn by :func:`vlpeft.data.world.scenes.pretrain_pair`
-(pair ``i`` of seed ``s`` is always the same; consecutive pairs come in contrast groups of
-``scenes.GROUP`` that differ in one attribute, so a batch of consecutive pairs holds hard
-negatives — the batch size must be a multiple of ``GROUP``), and writes a ``save_pretrained`` directory with
+(pair ``i`` of seed ``s`` is always the same; with ``--contrast-groups`` consecutive pairs come in
+groups of ``scenes.GROUP`` that differ in one attribute, so a batch holds hard negatives — the
+batch size must then be a multiple of ``GROUP``), and writes a ``save_pretrained`` directory with
 its own BPE tokenizer (learned on the world's captions) and ``preprocessor_config.json``.
 Every ``--save-every`` steps it keeps a resumable checkpoint in ``DIR.partial``. The shipped
 checkpoint (``vlpeft/assets/embedded``) was made with the defaults on a 2-core CPU; runs are
@@ -47,13 +47,13 @@ MODEL = dict(
 )
 
 
-def tokenizer_corpus(seed: int, n: int = 20000) -> list[str]:
+def tokenizer_corpus(seed: int, n: int = 20000, contrast: bool = False) -> list[str]:
     """Captions of the world plus every prompt template vlpeft uses, so their words are single tokens."""
     from vlpeft.data.world.datasets import WORLD_TEMPLATES
 
     words = [*SHAPES, *(p for p, _ in SHAPES.values()), *COLORS, *PATTERNS, *SIZES, *COUNTS, *STYLES]
     return (
-        [pretrain_pair(seed * 10**9 + i)[1] for i in range(n)]
+        [pretrain_pair(seed * 10**9 + i, contrast)[1] for i in range(n)]
         + list(IMAGENET_TEMPLATES)
         + [*WORLD_TEMPLATES, " ".join(words)]
     )
@@ -62,15 +62,15 @@ def tokenizer_corpus(seed: int, n: int = 20000) -> list[str]:
 class Pairs(IterableDataset):
     """Endless (pixels, caption) pairs; pair ``start + k`` for k = 0, 1, ... (split across workers)."""
 
-    def __init__(self, seed: int, start: int, transform: ImageTransform):
-        self.seed, self.start, self.transform = seed, start, transform
+    def __init__(self, seed: int, start: int, transform: ImageTransform, contrast: bool = False):
+        self.seed, self.start, self.transform, self.contrast = seed, start, transform, contrast
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         k = self.start + worker
         while True:
-            scene, text = pretrain_pair(self.seed * 10**9 + k)
+            scene, text = pretrain_pair(self.seed * 10**9 + k, self.contrast)
             yield self.transform(render(scene, IMAGE_SIZE)), text
             k += workers
 
@@ -104,7 +104,7 @@ def contrastive_loss(model, pixels: torch.Tensor, ids: torch.Tensor) -> torch.Te
 def train(args: argparse.Namespace) -> Path:
     from transformers import AutoTokenizer
 
-    if args.batch_size % GROUP:
+    if args.contrast_groups and args.batch_size % GROUP:
         raise ConfigError(
             f"--batch-size {args.batch_size} splits the contrast groups of {GROUP} pairs; "
             f"use a multiple of {GROUP}."
@@ -113,7 +113,9 @@ def train(args: argparse.Namespace) -> Path:
     partial = Path(f"{args.out}.partial")
     partial.mkdir(parents=True, exist_ok=True)
     if not (partial / "vocab.json").exists():
-        write_clip_tokenizer(partial, tokenizer_corpus(args.seed), max_length=CONTEXT)
+        write_clip_tokenizer(
+            partial, tokenizer_corpus(args.seed, contrast=args.contrast_groups), max_length=CONTEXT
+        )
     tokenizer = AutoTokenizer.from_pretrained(partial)
     model = build_model(len(tokenizer), args.seed)
     params_decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -130,7 +132,7 @@ def train(args: argparse.Namespace) -> Path:
     step, history = _resume(partial, model, optimizer)
     transform = ImageTransform(shortest_edge=IMAGE_SIZE, crop=(IMAGE_SIZE, IMAGE_SIZE))
     loader = DataLoader(
-        Pairs(args.seed, step * args.batch_size, transform),
+        Pairs(args.seed, step * args.batch_size, transform, args.contrast_groups),
         batch_size=args.batch_size,
         num_workers=args.workers,
         persistent_workers=args.workers > 0,
@@ -222,6 +224,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="processes rendering the pairs")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--save-every", type=int, default=200)
+    parser.add_argument(
+        "--contrast-groups",
+        action="store_true",
+        help="draw pairs in groups differing in one attribute (hard negatives; off for the shipped model)",
+    )
     parser.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
