@@ -55,6 +55,22 @@ def test_views_differ_but_are_reproducible(store, shapes):
     assert not torch.allclose(views[0], eval_feats)  # views are not the eval transform
 
 
+def test_views_do_not_depend_on_file_times_or_the_dataset_root(store, shapes, shapes_folder, tmp_path):
+    """A regenerated copy of a dataset (new mtimes, another root) gets the same crops."""
+    import os
+    import shutil
+
+    copy = tmp_path / "regenerated"
+    shutil.copytree(shapes_folder, copy)
+    for path in copy.rglob("*.png"):
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    spec = AugmentSpec(seed=3)
+    views = store.views("shapes", shapes.train[:6], spec, num_views=2)
+    again = store.views("shapes", load_dataset("imagefolder", copy).train[:6], spec, num_views=2)
+    assert store.image_encoder_forwards == 24  # the copy is a new cache entry (its mtimes changed) ...
+    torch.testing.assert_close(again, views, atol=1e-5, rtol=1e-5)  # ... but the same views
+
+
 def test_changed_image_is_encoded_again(store, shapes):
     items = shapes.test[:3]
     store.image_features("shapes", items)

@@ -59,6 +59,13 @@ def image_key(item: Datum) -> str:
     return f"{item.relpath or item.impath}|{st.st_size}|{st.st_mtime_ns}"
 
 
+def view_key(item: Datum) -> str:
+    """What seeds an image's augmented views: the path as listed, never its mtime, so the same
+    image gets the same crops in every run and on every machine (``image_key`` adds size and
+    mtime for the cache, so a changed file is encoded again)."""
+    return item.relpath or item.impath
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "dataset"
 
@@ -98,14 +105,14 @@ class FeatureSet:
 
 
 class _Pixels(TorchDataset):
-    def __init__(self, items: Sequence[Datum], keys: Sequence[str], transform: Callable):
-        self.items, self.keys, self.transform = items, keys, transform
+    def __init__(self, items: Sequence[Datum], transform: Callable):
+        self.items, self.transform = items, transform
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(load_image(self.items[i].impath), self.keys[i])
+        return self.transform(load_image(self.items[i].impath), view_key(self.items[i]))
 
 
 class FeatureStore:
@@ -241,7 +248,7 @@ class FeatureStore:
         desc = f"Encoding {len(items)} images ({view.label})"
         for chunk in track(chunks, desc):
             loader = DataLoader(
-                _Pixels([items[i] for i in chunk], [keys[i] for i in chunk], transform),
+                _Pixels([items[i] for i in chunk], transform),
                 batch_size=self.batch_size,
                 num_workers=self.workers,
             )

@@ -122,10 +122,10 @@ class _AugmentedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         from vlpeft.data.images import load_image
-        from vlpeft.features import image_key
+        from vlpeft.features import view_key
 
         item = self.items[i]
-        return self.transform(load_image(item.impath), image_key(item)), item.label
+        return self.transform(load_image(item.impath), view_key(item)), item.label
 
 
 def train_on_pixels(
