@@ -143,5 +143,59 @@ def test_pretraining_script_is_reproducible_and_loads(tmp_path):
     assert weights[0] == weights[1]
     log = json.loads((tmp_path / "a" / "pretrain_log.json").read_text())
     assert len(log["loss_every_step"]) == 2
+    assert log["args"]["aux_weight"] > 0 and log["args"]["logit_scale"] == 100.0
     backbone = load_backbone(f"local:{tmp_path / 'a'}")
     assert backbone.preprocess.output_size == (64, 64)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "a" / "model.safetensors"), "pt") as f:
+        names = list(f.keys())
+    assert names and not any("head" in k for k in names)  # the attribute head is not shipped
+
+
+def test_scene_attributes_name_single_values_and_ignore_the_rest():
+    from vlpeft.data.world.pretrain import ATTRIBUTES, IGNORE, scene_attributes
+    from vlpeft.data.world.render import Obj, Scene
+
+    def idx(kind, value):
+        return ATTRIBUTES[kind].index(value)
+
+    star = Obj("star", "red", "striped", "large")
+    one = scene_attributes(Scene((star,), "paper", "shaded"))
+    expected = [idx("shape", "star"), idx("color", "red"), idx("pattern", "striped"), idx("count", "one")]
+    expected += [idx("size", "large"), idx("style", "shaded"), idx("background", "paper")]
+    assert one.tolist() == expected
+    three = scene_attributes(Scene((Obj("ring", "blue", size="small"),) * 3, "plain", "flat"))
+    assert three[:5].tolist() == [
+        idx("shape", "ring"),
+        idx("color", "blue"),
+        0,
+        idx("count", "three"),
+        IGNORE,
+    ]
+    pair = scene_attributes(Scene((star, Obj("moon", "green")), "plain", "sketch"))
+    assert pair[:5].tolist() == [IGNORE, IGNORE, IGNORE, idx("count", "two"), IGNORE]
+    texture = scene_attributes(Scene((Obj("square", "pink", "dotted"),), "plain", "noisy", texture=True))
+    assert texture[:5].tolist() == [IGNORE, idx("color", "pink"), idx("pattern", "dotted"), IGNORE, IGNORE]
+
+
+def test_auxiliary_loss_adds_the_per_attribute_cross_entropies():
+    import torch
+    import torch.nn.functional as F
+
+    from vlpeft.data.world.pretrain import ATTRIBUTES, AUX_SCALE, IGNORE, build_model, contrastive_loss
+
+    model = build_model(vocab_size=40, seed=0).eval()
+    pixels, ids = torch.randn(3, 3, 64, 64), torch.randint(0, 38, (3, 6))
+    head = torch.nn.Linear(128, sum(map(len, ATTRIBUTES.values())), bias=False)
+    attributes = torch.full((3, len(ATTRIBUTES)), IGNORE)
+    attributes[0, 0], attributes[1, 0], attributes[2, 3] = 4, 17, 5  # shapes of two images, one count
+    with torch.no_grad():
+        plain = contrastive_loss(model, pixels, ids)
+        both = contrastive_loss(model, pixels, ids, attributes, head, aux_weight=0.5)
+        image = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+        logits = AUX_SCALE * image @ F.normalize(head.weight, dim=-1).t()
+    n_shape, offset = len(ATTRIBUTES["shape"]), sum(len(ATTRIBUTES[k]) for k in ("shape", "color", "pattern"))
+    shape_ce = -(logits[0, :n_shape].log_softmax(0)[4] + logits[1, :n_shape].log_softmax(0)[17]) / 2
+    count_ce = -logits[2, offset : offset + len(ATTRIBUTES["count"])].log_softmax(0)[5]
+    assert float(both - plain) == pytest.approx(0.5 * float(shape_ce + count_ce), rel=1e-5)

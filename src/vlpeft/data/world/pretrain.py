@@ -7,6 +7,22 @@ symmetric contrastive loss on pairs drawn by :func:`vlpeft.data.world.scenes.pre
 groups of ``scenes.GROUP`` that differ in one attribute, so a batch holds hard negatives — the
 batch size must then be a multiple of ``GROUP``), and writes a ``save_pretrained`` directory with
 its own BPE tokenizer (learned on the world's captions) and ``preprocessor_config.json``.
+
+Two choices make a useful image tower affordable on a CPU budget (defaults, both switchable):
+
+- ``--aux-weight 0.5``: beside the contrastive loss, a cosine classifier on the normalised image
+  embedding predicts what the generator drew (shape, colour, pattern, count, size, style,
+  background; ``scene_attributes``): a dense supervised signal for the image tower, in the
+  spirit of LiT's supervised tower. With contrastive learning alone, after 2600 steps a linear
+  probe on 340 labelled images per class reached 47% on WorldShapes (12 classes) and zero-shot
+  45%; with the head, 60% and 57%. The head is dropped when saving: the checkpoint is a plain
+  ``CLIPModel``.
+- ``--logit-scale 100``: the temperature starts at CLIP's final, clamped value (CLIP starts at
+  1/0.07 and reaches the clamp), so cosine gaps are as narrow as real CLIP's and methods whose
+  official code hard-codes ``100 x cos`` (Tip-Adapter, APE) see the geometry they were tuned for.
+  Started at 1/0.07, this small model settled at 23 and Tip-Adapter-F's cache could not move
+  its predictions.
+
 Every ``--save-every`` steps it keeps a resumable checkpoint in ``DIR.partial``. The shipped
 checkpoint (``vlpeft/assets/embedded``) was made with the defaults on a 2-core CPU; runs are
 reproducible from the seed on the same software and hardware (BLAS may differ elsewhere).
@@ -30,9 +46,18 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from vlpeft.backbones.tokenizers import write_clip_tokenizer
 from vlpeft.data.templates import IMAGENET_TEMPLATES
 from vlpeft.data.transforms import ImageTransform
-from vlpeft.data.world.render import render
+from vlpeft.data.world.render import Scene, render
 from vlpeft.data.world.scenes import GROUP, pretrain_pair
-from vlpeft.data.world.vocab import COLORS, COUNTS, PATTERNS, SHAPES, SIZES, STYLES
+from vlpeft.data.world.vocab import (
+    BACKGROUNDS,
+    COLORS,
+    COUNTS,
+    PATTERNS,
+    PRETRAIN_STYLES,
+    SHAPES,
+    SIZES,
+    STYLES,
+)
 from vlpeft.errors import ConfigError
 from vlpeft.io import atomic_directory
 
@@ -59,8 +84,46 @@ def tokenizer_corpus(seed: int, n: int = 20000, contrast: bool = False) -> list[
     )
 
 
+# What the auxiliary attribute head predicts from the image embedding: one softmax per attribute.
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "shape": tuple(SHAPES),
+    "color": tuple(COLORS),
+    "pattern": PATTERNS,
+    "count": COUNTS,
+    "size": SIZES,
+    "style": PRETRAIN_STYLES,
+    "background": BACKGROUNDS,
+}
+IGNORE = -100
+AUX_SCALE = 10.0  # the head is a cosine classifier: AUX_SCALE x cos(image embedding, value weight)
+
+
+def scene_attributes(scene: Scene) -> torch.Tensor:
+    """(len(ATTRIBUTES),) value indices of what ``scene`` draws (``IGNORE`` where not one value).
+
+    Scenes of equal objects name their shape, colour, pattern and count; a full-frame texture
+    only its colour and pattern; a pair of different objects only its count; a single object
+    also its size. Every scene has a style and a background.
+    """
+    first = scene.objects[0]
+    equal = len({(o.shape, o.color, o.pattern) for o in scene.objects}) == 1
+    drawn = {"style": scene.style, "background": scene.background}
+    if equal:
+        drawn.update(color=first.color, pattern=first.pattern)
+    if not scene.texture:
+        drawn["count"] = COUNTS[min(len(scene.objects), len(COUNTS)) - 1]
+        if equal:
+            drawn["shape"] = first.shape
+        if len(scene.objects) == 1:
+            drawn["size"] = first.size
+    return torch.tensor(
+        [values.index(drawn[k]) if k in drawn else IGNORE for k, values in ATTRIBUTES.items()]
+    )
+
+
 class Pairs(IterableDataset):
-    """Endless (pixels, caption) pairs; pair ``start + k`` for k = 0, 1, ... (split across workers)."""
+    """Endless (pixels, caption, attributes) triples; pair ``start + k`` for k = 0, 1, ... (split
+    across workers)."""
 
     def __init__(self, seed: int, start: int, transform: ImageTransform, contrast: bool = False):
         self.seed, self.start, self.transform, self.contrast = seed, start, transform, contrast
@@ -71,11 +134,13 @@ class Pairs(IterableDataset):
         k = self.start + worker
         while True:
             scene, text = pretrain_pair(self.seed * 10**9 + k, self.contrast)
-            yield self.transform(render(scene, IMAGE_SIZE)), text
+            yield self.transform(render(scene, IMAGE_SIZE)), text, scene_attributes(scene)
             k += workers
 
 
-def build_model(vocab_size: int, seed: int):
+def build_model(vocab_size: int, seed: int, logit_scale: float = 100.0):
+    """A randomly initialised ``CLIPModel`` of the embedded size; ``logit_scale`` is its initial
+    exp(logit_scale) (CLIP starts at 1/0.07 and ends at its cap of 100)."""
     from transformers import CLIPConfig, CLIPModel
 
     text = dict(MODEL["text"], vocab_size=vocab_size, max_position_embeddings=CONTEXT)
@@ -83,7 +148,12 @@ def build_model(vocab_size: int, seed: int):
     vision = dict(MODEL["vision"], image_size=IMAGE_SIZE, patch_size=8)
     torch.manual_seed(seed)
     return CLIPModel(
-        CLIPConfig(text_config=text, vision_config=vision, projection_dim=MODEL["projection_dim"])
+        CLIPConfig(
+            text_config=text,
+            vision_config=vision,
+            projection_dim=MODEL["projection_dim"],
+            logit_scale_init_value=math.log(logit_scale),
+        )
     )
 
 
@@ -93,12 +163,29 @@ def lr_at(step: int, steps: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
 
 
-def contrastive_loss(model, pixels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    image = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
-    text = F.normalize(model.get_text_features(input_ids=ids).pooler_output, dim=-1)
-    logits = model.logit_scale.exp().clamp(max=100) * image @ text.t()
+def contrastive_loss(
+    model,
+    pixels: torch.Tensor,
+    ids: torch.Tensor,
+    attributes: torch.Tensor | None = None,
+    head: torch.nn.Linear | None = None,
+    aux_weight: float = 0.0,
+) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE; with ``head`` (a bias-free Linear, not saved with the model), plus
+    ``aux_weight`` x the summed cross-entropies of the cosine classifier ``AUX_SCALE x cos(image
+    embedding, head rows)``, split per attribute, against ``attributes`` (B, A)."""
+    image = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)  # (B, D)
+    text = F.normalize(model.get_text_features(input_ids=ids).pooler_output, dim=-1)  # (B, D)
+    logits = model.logit_scale.exp().clamp(max=100) * image @ text.t()  # (B, B)
     target = torch.arange(len(ids))
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+    loss = (F.cross_entropy(logits.float(), target) + F.cross_entropy(logits.t().float(), target)) / 2
+    if head is None or not aux_weight:
+        return loss
+    logits = AUX_SCALE * image @ F.normalize(head.weight, dim=-1).t()  # (B, sum n_a)
+    groups = logits.float().split([len(v) for v in ATTRIBUTES.values()], dim=1)  # A x (B, n_a)
+    named = [(g, attributes[:, a]) for a, g in enumerate(groups) if (attributes[:, a] != IGNORE).any()]
+    aux = sum(F.cross_entropy(g, target, ignore_index=IGNORE) for g, target in named)
+    return loss + aux_weight * aux
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -117,19 +204,18 @@ def train(args: argparse.Namespace) -> Path:
             partial, tokenizer_corpus(args.seed, contrast=args.contrast_groups), max_length=CONTEXT
         )
     tokenizer = AutoTokenizer.from_pretrained(partial)
-    model = build_model(len(tokenizer), args.seed)
-    params_decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    params_other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    model = build_model(len(tokenizer), args.seed, args.logit_scale)
+    head = torch.nn.Linear(MODEL["projection_dim"], sum(map(len, ATTRIBUTES.values())), bias=False)
+    named = [*model.named_parameters(), *(("head." + n, p) for n, p in head.named_parameters())]
+    decay = [p for n, p in named if p.ndim >= 2 and "embedding" not in n]
+    other = [p for n, p in named if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW(
-        [
-            {"params": params_decay, "weight_decay": args.weight_decay},
-            {"params": params_other, "weight_decay": 0.0},
-        ],
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": other, "weight_decay": 0.0}],
         lr=args.lr,
         betas=(0.9, 0.98),
         eps=1e-6,
     )
-    step, history = _resume(partial, model, optimizer)
+    step, history = _resume(partial, model, head, optimizer)
     transform = ImageTransform(shortest_edge=IMAGE_SIZE, crop=(IMAGE_SIZE, IMAGE_SIZE))
     loader = DataLoader(
         Pairs(args.seed, step * args.batch_size, transform, args.contrast_groups),
@@ -139,7 +225,7 @@ def train(args: argparse.Namespace) -> Path:
     )
     start = time.perf_counter()
     model.train()
-    for pixels, texts in loader:
+    for pixels, texts, attributes in loader:
         if step >= args.steps:
             break
         ids = tokenizer(
@@ -147,43 +233,44 @@ def train(args: argparse.Namespace) -> Path:
         )["input_ids"]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        loss = contrastive_loss(model, pixels, ids)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            loss = contrastive_loss(model, pixels, ids, attributes, head, args.aux_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
         optimizer.step()
         step += 1
         history.append(round(loss.item(), 4))
         if step % args.log_every == 0:
             rate = args.log_every * args.batch_size / max(time.perf_counter() - start, 1e-9)
             logger.info(
-                "step %d/%d loss %.3f (%.0f pairs/s)",
+                "step %d/%d loss %.3f scale %.1f (%.0f pairs/s)",
                 step,
                 args.steps,
                 sum(history[-args.log_every :]) / args.log_every,
+                model.logit_scale.exp().item(),
                 rate,
             )
             start = time.perf_counter()
         if step % args.save_every == 0 or step == args.steps:
-            _checkpoint(partial, model, optimizer, step, history)
+            _checkpoint(partial, model, head, optimizer, step, history)
     return _finish(args, partial, model, history)
 
 
-def _checkpoint(partial: Path, model, optimizer, step: int, history: list[float]) -> None:
+def _checkpoint(partial: Path, model, head, optimizer, step: int, history: list[float]) -> None:
     tmp = partial / "state.pt.tmp"
-    torch.save(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "history": history},
-        tmp,
-    )
+    state = {"model": model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict()}
+    torch.save({**state, "step": step, "history": history}, tmp)
     os.replace(tmp, partial / "state.pt")
 
 
-def _resume(partial: Path, model, optimizer) -> tuple[int, list[float]]:
+def _resume(partial: Path, model, head, optimizer) -> tuple[int, list[float]]:
     path = partial / "state.pt"
     if not path.exists():
         return 0, []
     state = torch.load(path, weights_only=False)
     model.load_state_dict(state["model"])
+    head.load_state_dict(state["head"])
     optimizer.load_state_dict(state["optimizer"])
     logger.info("resuming from step %d", state["step"])
     return state["step"], state["history"]
@@ -220,6 +307,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weight-decay", type=float, default=0.2)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--logit-scale",
+        type=float,
+        default=100.0,
+        help="initial exp(logit_scale); 100 = CLIP's final, capped value (CLIP starts at 1/0.07)",
+    )
+    parser.add_argument(
+        "--aux-weight",
+        type=float,
+        default=0.5,
+        help="weight of the auxiliary attribute loss on the image embedding (0: contrastive only)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="bf16",
+        help="bf16 autocast (fp32 weights); fast on CPUs with AVX512-BF16/AMX, slow elsewhere",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1, help="processes rendering the pairs")
     parser.add_argument("--log-every", type=int, default=50)
