@@ -43,11 +43,11 @@ def test_embedded_reproduces_its_stored_zero_shot_accuracies(embedded):
 
 @pytest.fixture(scope="module")
 def world_root(tmp_path_factory):
-    """WorldTextures and WorldPointillism: 16 train, 4 val, 50 test images per class."""
+    """WorldPointillism: 16 train, 4 val, 50 test images per class."""
     from vlpeft.data.world.datasets import world_set, write_world_set
 
     root = tmp_path_factory.mktemp("world")
-    for name in ("WorldTextures", "WorldPointillism"):
+    for name in ("WorldPointillism",):
         ws = world_set(name)
         write_world_set(ws, root / ws.folder, 0, per_class=(16, 4, 50))
     return root
@@ -61,16 +61,16 @@ def _accuracy(method: str, dataset: str, embedded, root, cache, **overrides) -> 
     return run_train(cfg, backbone=embedded)["metrics"]["accuracy"]
 
 
-# Measured when written (seed 1; zero-shot 59.7% on WorldTextures, 22.4% on WorldPointillism).
-# The margins sit 1-1.5 points under the measured gains: this small CLIP's image tower is weak,
-# and on other datasets CoOp and LoRA lose to zero-shot (e.g. WorldTextures: 42.6%, 40.6%).
+# Measured when written (seed 1; zero-shot 16.6% on WorldPointillism, the style pretraining never
+# drew). The margins sit 1-3 points under the measured gains. On in-domain sets this checkpoint's
+# zero-shot is strong and a 16-shot linear probe loses to it (WorldTextures: 88.6% -> 84.9%).
 @pytest.mark.parametrize(
     ("dataset", "method", "overrides", "margin"),
     [
-        ("WorldTextures", "linear-probe", {}, 5.0),  # -> 65.7%
-        ("WorldPointillism", "zs-init-lp", {}, 2.0),  # -> 25.8%
-        ("WorldPointillism", "coop-ctxv1", {"epochs": "50"}, 1.0),  # CoCoOp-paper CoOp -> 24.4%
-        ("WorldPointillism", "lora", {"iters_per_shot": "10", "lr": "1e-3"}, 3.0),  # 160 steps -> 26.8%
+        ("WorldPointillism", "linear-probe", {}, 6.0),  # -> 24.8%
+        ("WorldPointillism", "zs-init-lp", {}, 7.0),  # -> 25.8%
+        ("WorldPointillism", "coop-ctxv1", {"epochs": "50"}, 1.0),  # CoCoOp-paper CoOp -> 18.6%
+        ("WorldPointillism", "lora", {"iters_per_shot": "10", "lr": "1e-3"}, 12.0),  # 160 steps -> 32.0%
     ],
 )
 def test_sixteen_shot_adaptation_beats_zero_shot(
