@@ -183,7 +183,7 @@ def test_auxiliary_loss_adds_the_per_attribute_cross_entropies():
     import torch
     import torch.nn.functional as F
 
-    from vlpeft.data.world.pretrain import ATTRIBUTES, AUX_SCALE, IGNORE, build_model, contrastive_loss
+    from vlpeft.data.world.pretrain import ATTRIBUTES, AUX_SCALE, IGNORE, build_model, pretraining_loss
 
     model = build_model(vocab_size=40, seed=0).eval()
     pixels, ids = torch.randn(3, 3, 64, 64), torch.randint(0, 38, (3, 6))
@@ -191,8 +191,8 @@ def test_auxiliary_loss_adds_the_per_attribute_cross_entropies():
     attributes = torch.full((3, len(ATTRIBUTES)), IGNORE)
     attributes[0, 0], attributes[1, 0], attributes[2, 3] = 4, 17, 5  # shapes of two images, one count
     with torch.no_grad():
-        plain = contrastive_loss(model, pixels, ids)
-        both = contrastive_loss(model, pixels, ids, attributes, head, aux_weight=0.5)
+        plain = pretraining_loss(model, pixels, ids)
+        both = pretraining_loss(model, pixels, ids, attributes, head, aux_weight=0.5)
         image = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
         logits = AUX_SCALE * image @ F.normalize(head.weight, dim=-1).t()
     n_shape, offset = len(ATTRIBUTES["shape"]), sum(len(ATTRIBUTES[k]) for k in ("shape", "color", "pattern"))

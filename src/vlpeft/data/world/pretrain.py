@@ -163,7 +163,17 @@ def lr_at(step: int, steps: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
 
 
-def contrastive_loss(
+def attribute_loss(image: torch.Tensor, attributes: torch.Tensor, head: torch.nn.Linear) -> torch.Tensor:
+    """Summed per-attribute cross-entropies of the cosine classifier ``AUX_SCALE x cos(image, head
+    rows)`` on normalised image embeddings (B, D) against value indices ``attributes`` (B, A);
+    attributes no image in the batch names are skipped."""
+    logits = AUX_SCALE * image @ F.normalize(head.weight, dim=-1).t()  # (B, sum n_a)
+    groups = logits.float().split([len(v) for v in ATTRIBUTES.values()], dim=1)  # A x (B, n_a)
+    named = [(g, attributes[:, a]) for a, g in enumerate(groups) if (attributes[:, a] != IGNORE).any()]
+    return sum(F.cross_entropy(g, target, ignore_index=IGNORE) for g, target in named)
+
+
+def pretraining_loss(
     model,
     pixels: torch.Tensor,
     ids: torch.Tensor,
@@ -172,8 +182,7 @@ def contrastive_loss(
     aux_weight: float = 0.0,
 ) -> torch.Tensor:
     """CLIP's symmetric InfoNCE; with ``head`` (a bias-free Linear, not saved with the model), plus
-    ``aux_weight`` x the summed cross-entropies of the cosine classifier ``AUX_SCALE x cos(image
-    embedding, head rows)``, split per attribute, against ``attributes`` (B, A)."""
+    ``aux_weight`` x :func:`attribute_loss`."""
     image = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)  # (B, D)
     text = F.normalize(model.get_text_features(input_ids=ids).pooler_output, dim=-1)  # (B, D)
     logits = model.logit_scale.exp().clamp(max=100) * image @ text.t()  # (B, B)
@@ -181,11 +190,7 @@ def contrastive_loss(
     loss = (F.cross_entropy(logits.float(), target) + F.cross_entropy(logits.t().float(), target)) / 2
     if head is None or not aux_weight:
         return loss
-    logits = AUX_SCALE * image @ F.normalize(head.weight, dim=-1).t()  # (B, sum n_a)
-    groups = logits.float().split([len(v) for v in ATTRIBUTES.values()], dim=1)  # A x (B, n_a)
-    named = [(g, attributes[:, a]) for a, g in enumerate(groups) if (attributes[:, a] != IGNORE).any()]
-    aux = sum(F.cross_entropy(g, target, ignore_index=IGNORE) for g, target in named)
-    return loss + aux_weight * aux
+    return loss + aux_weight * attribute_loss(image, attributes, head)
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -234,7 +239,7 @@ def train(args: argparse.Namespace) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-            loss = contrastive_loss(model, pixels, ids, attributes, head, args.aux_weight)
+            loss = pretraining_loss(model, pixels, ids, attributes, head, args.aux_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
