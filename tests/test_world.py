@@ -152,6 +152,18 @@ def test_pretraining_script_is_reproducible_and_loads(tmp_path):
         names = list(f.keys())
     assert names and not any("head" in k for k in names)  # the attribute head is not shipped
 
+    with pytest.raises(ConfigError, match="not a checkpoint"):
+        main(["--out", str(tmp_path / "c"), *args, "--init", str(tmp_path / "bad")])
+    assert not (tmp_path / "c").exists() and not (tmp_path / "c.partial").exists()
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "c"), *args, "--aux-attributes", "shape,colour"])
+    main(["--out", str(tmp_path / "c"), *args, "--init", str(tmp_path / "a"), "--aux-attributes", "shape"])
+    for name in ("vocab.json", "merges.txt"):
+        assert (tmp_path / "c" / name).read_bytes() == (tmp_path / "a" / name).read_bytes()
+    assert (tmp_path / "c" / "model.safetensors").read_bytes() != weights[0]
+    log = json.loads((tmp_path / "c" / "pretrain_log.json").read_text())
+    assert log["args"]["init"] == str(tmp_path / "a") and log["args"]["aux_attributes"] == ["shape"]
+
 
 def test_scene_attributes_name_single_values_and_ignore_the_rest():
     from vlpeft.data.world.pretrain import ATTRIBUTES, IGNORE, scene_attributes

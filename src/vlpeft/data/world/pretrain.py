@@ -23,6 +23,10 @@ Two choices make a useful image tower affordable on a CPU budget (defaults, both
   Started at 1/0.07, this small model settled at 23 and Tip-Adapter-F's cache could not move
   its predictions.
 
+``--aux-attributes`` chooses what the head predicts (e.g. ``shape,color,pattern,count``, the
+attributes downstream classes are made of) and ``--init DIR`` continues from a saved checkpoint
+(its weights and tokenizer, a fresh head and schedule; give it a new ``--seed`` for new pairs).
+
 Every ``--save-every`` steps it keeps a resumable checkpoint in ``DIR.partial``. The shipped
 checkpoint (``vlpeft/assets/embedded``) was made with the defaults on a 2-core CPU; runs are
 reproducible from the seed on the same software and hardware (BLAS may differ elsewhere).
@@ -95,6 +99,10 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "background": BACKGROUNDS,
 }
 IGNORE = -100
+# What the downstream classes are made of (size, style and background are nuisance); for
+# ``--aux-attributes``.
+CLASS_ATTRIBUTES = ("shape", "color", "pattern", "count")
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
 AUX_SCALE = 10.0  # the head is a cosine classifier: AUX_SCALE x cos(image embedding, value weight)
 
 
@@ -201,15 +209,26 @@ def train(args: argparse.Namespace) -> Path:
             f"--batch-size {args.batch_size} splits the contrast groups of {GROUP} pairs; "
             f"use a multiple of {GROUP}."
         )
+    if args.init:
+        _check_init(Path(args.init))
     torch.set_num_threads(args.threads)
     partial = Path(f"{args.out}.partial")
     partial.mkdir(parents=True, exist_ok=True)
-    if not (partial / "vocab.json").exists():
+    if args.init:
+        for name in TOKENIZER_FILES:
+            (partial / name).write_bytes((Path(args.init) / name).read_bytes())
+    elif not (partial / "vocab.json").exists():
         write_clip_tokenizer(
             partial, tokenizer_corpus(args.seed, contrast=args.contrast_groups), max_length=CONTEXT
         )
     tokenizer = AutoTokenizer.from_pretrained(partial)
-    model = build_model(len(tokenizer), args.seed, args.logit_scale)
+    if args.init:
+        from transformers import CLIPModel
+
+        model = CLIPModel.from_pretrained(args.init).float()
+    else:
+        model = build_model(len(tokenizer), args.seed, args.logit_scale)
+    unused = [a for a, name in enumerate(ATTRIBUTES) if name not in args.aux_attributes]
     head = torch.nn.Linear(MODEL["projection_dim"], sum(map(len, ATTRIBUTES.values())), bias=False)
     named = [*model.named_parameters(), *(("head." + n, p) for n, p in head.named_parameters())]
     decay = [p for n, p in named if p.ndim >= 2 and "embedding" not in n]
@@ -236,6 +255,7 @@ def train(args: argparse.Namespace) -> Path:
         ids = tokenizer(
             list(texts), padding="max_length", max_length=CONTEXT, truncation=True, return_tensors="pt"
         )["input_ids"]
+        attributes[:, unused] = IGNORE
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
@@ -262,6 +282,25 @@ def train(args: argparse.Namespace) -> Path:
     return _finish(args, partial, model, history)
 
 
+def _check_init(path: Path) -> None:
+    missing = [n for n in ("config.json", *TOKENIZER_FILES) if not (path / n).is_file()]
+    if missing:
+        raise ConfigError(
+            f"--init {path} is not a checkpoint written by this script (missing {', '.join(missing)}); "
+            "pass a directory made by `python -m vlpeft.data.world.pretrain --out DIR`."
+        )
+
+
+def _aux_attributes(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in ATTRIBUTES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown attribute(s) {unknown or text!r}; choose from {', '.join(ATTRIBUTES)}"
+        )
+    return names
+
+
 def _checkpoint(partial: Path, model, head, optimizer, step: int, history: list[float]) -> None:
     tmp = partial / "state.pt.tmp"
     state = {"model": model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict()}
@@ -285,7 +324,7 @@ def _finish(args: argparse.Namespace, partial: Path, model, history: list[float]
     model.eval()
     with atomic_directory(args.out, overwrite=True) as tmp:
         model.to(torch.float16 if args.half else torch.float32).save_pretrained(tmp)
-        for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        for name in TOKENIZER_FILES:
             (tmp / name).write_bytes((partial / name).read_bytes())
         transform = ImageTransform(shortest_edge=IMAGE_SIZE, crop=(IMAGE_SIZE, IMAGE_SIZE))
         processor = {"image_processor_type": "CLIPImageProcessor", **transform.to_processor_config()}
@@ -323,6 +362,17 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=0.5,
         help="weight of the auxiliary attribute loss on the image embedding (0: contrastive only)",
+    )
+    parser.add_argument(
+        "--aux-attributes",
+        type=_aux_attributes,
+        default=tuple(ATTRIBUTES),
+        help=f"comma-separated attributes the auxiliary head predicts (of {', '.join(ATTRIBUTES)})",
+    )
+    parser.add_argument(
+        "--init",
+        help="continue from this checkpoint (its weights and tokenizer; a fresh head and schedule); "
+        "pass a new --seed so the pairs differ from its first run",
     )
     parser.add_argument(
         "--precision",
