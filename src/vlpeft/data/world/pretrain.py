@@ -99,9 +99,6 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "background": BACKGROUNDS,
 }
 IGNORE = -100
-# What the downstream classes are made of (size, style and background are nuisance); for
-# ``--aux-attributes``.
-CLASS_ATTRIBUTES = ("shape", "color", "pattern", "count")
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
 AUX_SCALE = 10.0  # the head is a cosine classifier: AUX_SCALE x cos(image embedding, value weight)
 
@@ -202,7 +199,7 @@ def pretraining_loss(
 
 
 def train(args: argparse.Namespace) -> Path:
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, CLIPModel
 
     if args.contrast_groups and args.batch_size % GROUP:
         raise ConfigError(
@@ -223,8 +220,6 @@ def train(args: argparse.Namespace) -> Path:
         )
     tokenizer = AutoTokenizer.from_pretrained(partial)
     if args.init:
-        from transformers import CLIPModel
-
         model = CLIPModel.from_pretrained(args.init).float()
     else:
         model = build_model(len(tokenizer), args.seed, args.logit_scale)
@@ -371,8 +366,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--init",
-        help="continue from this checkpoint (its weights and tokenizer; a fresh head and schedule); "
-        "pass a new --seed so the pairs differ from its first run",
+        help="continue from this checkpoint (its weights, tokenizer and logit scale; a fresh head and "
+        "schedule); pass a new --seed so the pairs differ from its first run",
     )
     parser.add_argument(
         "--precision",
