@@ -45,17 +45,56 @@ def test_pretraining_pairs_are_deterministic_and_avoid_held_out_concepts():
 
 
 def test_captions_name_what_is_drawn():
+    from vlpeft.data.world.scenes import VAGUE_POLYGONS, VAGUE_SHAPES
+
+    vague = {*VAGUE_SHAPES, *VAGUE_POLYGONS, "thing"}
     hits = 0
     for seed in range(500):
         scene, text = pretrain_pair(seed)
         nouns = {scene.objects[0].shape, SHAPES[scene.objects[0].shape][0]}
-        if (
-            any(n in text.split() for n in nouns)
-            or "texture" in text
-            or any(w in text.split() for w in ("object", "objects", "shape", "shapes", "thing", "things"))
-        ):
+        words = set(text.split())
+        if nouns & words or "texture" in text or words & (vague | {v + "s" for v in vague}):
             hits += 1
+        named = {s for s in SHAPES if {s, SHAPES[s][0]} & words}
+        assert named <= {o.shape for o in scene.objects}, (text, scene.objects)  # never a wrong shape
     assert hits == 500
+
+
+def test_captions_name_shapes_patterns_and_counts_rarely_and_vaguely_otherwise():
+    from vlpeft.data.world.scenes import (
+        P_COUNT_WORD,
+        P_PATTERN_WORD,
+        P_SHAPE_WORD,
+        VAGUE_COUNTS,
+        VAGUE_PATTERNS,
+        VAGUE_POLYGONS,
+        VAGUE_SHAPES,
+    )
+    from vlpeft.data.world.vocab import PATTERNS
+
+    seen = {k: {"exact": 0, "vague": 0, "all": 0} for k in ("shape", "pattern", "count")}
+    for seed in range(4000):
+        scene, text = pretrain_pair(seed)
+        words, objects = text.split(), scene.objects
+        if len(objects) > 1 and len({(o.shape, o.color, o.pattern) for o in objects}) == 1:
+            seen["count"]["all"] += 1
+            seen["count"]["exact"] += COUNTS[len(objects) - 1] in words
+            seen["count"]["vague"] += any(v in text for v in VAGUE_COUNTS)
+        elif len(objects) == 1 and not scene.texture:
+            shape = objects[0].shape
+            seen["shape"]["all"] += 1
+            seen["shape"]["exact"] += shape in words
+            seen["shape"]["vague"] += any(v in words for v in (*VAGUE_SHAPES, *VAGUE_POLYGONS))
+            if objects[0].pattern != "plain" and scene.style != "sketch":
+                seen["pattern"]["all"] += 1
+                seen["pattern"]["exact"] += objects[0].pattern in words
+                seen["pattern"]["vague"] += any(v in words for v in VAGUE_PATTERNS)
+                wrong = [p for p in PATTERNS[1:] if p != objects[0].pattern]
+                assert not any(p in words for p in wrong), text
+    for kind, p in (("shape", P_SHAPE_WORD), ("pattern", P_PATTERN_WORD), ("count", P_COUNT_WORD)):
+        assert seen[kind]["all"] > 300
+        assert abs(seen[kind]["exact"] / seen[kind]["all"] - p) < 0.05, (kind, seen[kind])
+        assert seen[kind]["vague"] > seen[kind]["exact"], (kind, seen[kind])
 
 
 def test_world_datasets_load_in_coop_format(tmp_path):
