@@ -63,7 +63,7 @@ def _accuracy(method: str, dataset: str, embedded, root, cache, **overrides) -> 
 
 # Measured when written (seed 1; zero-shot 17.0% on WorldPointillism, the style pretraining never
 # drew, and 74.3% on WorldTextures, whose pattern words pretraining captions rarely say). The
-# margins sit 2-3 points under the measured gains.
+# margins sit 1-3 points under the measured gains.
 @pytest.mark.parametrize(
     ("dataset", "method", "overrides", "margin"),
     [
