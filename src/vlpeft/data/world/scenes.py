@@ -125,6 +125,11 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+def _say(rng: random.Random, exact: str, vague: tuple[str, ...], p: float) -> str:
+    """``exact`` with probability ``p``, else one of the ``vague`` words."""
+    return exact if rng.random() < p else rng.choice(vague)
+
+
 def object_phrase(
     rng: random.Random,
     obj: Obj,
@@ -154,16 +159,14 @@ def object_phrase(
             words.append(rng.choice(VAGUE_PATTERNS))
     if rng.random() < p_color:
         words.append(obj.color)
-    if rng.random() < p_shape:
-        noun = SHAPES[obj.shape][0] if count > 1 else obj.shape
-    else:
-        polygon = isinstance(SHAPES[obj.shape][1], int) or obj.shape == "circle"
-        noun = rng.choice(VAGUE_POLYGONS if polygon else VAGUE_SHAPES) + ("s" if count > 1 else "")
+    polygon = isinstance(SHAPES[obj.shape][1], int) or obj.shape == "circle"
+    vague = tuple(v + ("s" if count > 1 else "") for v in (VAGUE_POLYGONS if polygon else VAGUE_SHAPES))
+    noun = _say(rng, SHAPES[obj.shape][0] if count > 1 else obj.shape, vague, p_shape)
     phrase = " ".join([*words, noun])
-    if say_one or (count > 1 and rng.random() < p_count):
+    if say_one:
         return f"{COUNTS[count - 1]} {phrase}"
     if count > 1:
-        return f"{rng.choice(VAGUE_COUNTS)} {phrase}"
+        return f"{_say(rng, COUNTS[count - 1], VAGUE_COUNTS, p_count)} {phrase}"
     return f"{_article(phrase)} {phrase}"
 
 
@@ -174,8 +177,7 @@ def caption(scene: Scene, facts: dict, rng: random.Random) -> str:
     if "texture" in facts:
         obj = facts["texture"]
         with_color = "color" in must or ("pattern" not in must and rng.random() < 0.6)
-        named = "pattern" in must or rng.random() < P_PATTERN_WORD
-        word = obj.pattern if named else rng.choice(VAGUE_PATTERNS)
+        word = obj.pattern if "pattern" in must else _say(rng, obj.pattern, VAGUE_PATTERNS, P_PATTERN_WORD)
         core = f"{obj.color} {word} texture" if with_color else f"{word} texture"
         return core if rng.random() < 0.5 else f"{rng.choice(STYLE_PHRASES[style])} of a {core}"
     p_color = 1.0 if "color" in must else 0.8
@@ -185,7 +187,7 @@ def caption(scene: Scene, facts: dict, rng: random.Random) -> str:
     if "count" in facts:
         count = facts["count"]
         if "count" not in must and rng.random() < 0.25:
-            amount = COUNTS[count - 1] if rng.random() < p_count else rng.choice(VAGUE_COUNTS)
+            amount = _say(rng, COUNTS[count - 1], VAGUE_COUNTS, p_count)
             core = f"{amount} {rng.choice(('objects', 'shapes', 'things'))}"
         elif "count" in must and rng.random() < 0.25:
             noun = ("object", "shape", "thing") if count == 1 else ("objects", "shapes", "things")
