@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.vlpeft-installed
-LINT_PATHS := src tests $(wildcard benchmarks)
+LINT_PATHS := src tests $(wildcard benchmarks) $(wildcard tools)
 
 .PHONY: demo test lint format install clean
 

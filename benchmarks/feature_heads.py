@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from vlpeft.backbones import init_tiny
-from vlpeft.data.world.datasets import world_set, write_world_set
 from vlpeft.engine.runner import TrainConfig, run_train
 from vlpeft.features import FeatureSet
 from vlpeft.methods import FeatureHead, get_method, list_methods
 from vlpeft.methods.params import synthetic_head_data
+from vlpeft.world.datasets import world_set, write_world_set
 
 
 def problem(dim: int = 512, classes: int = 100, shots: int = 16, views: int = 10, signal: float = 0.12):

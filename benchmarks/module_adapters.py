@@ -47,7 +47,7 @@ def run_method(name: str, directory: Path, steps: int, batch: int, device: str) 
 
     from vlpeft.backbones import load_backbone
     from vlpeft.methods import ClassText, get_method
-    from vlpeft.methods.deep_prompts import PixelData
+    from vlpeft.methods.inputs import PixelData
 
     torch.manual_seed(0)
     backbone = load_backbone(f"local:{directory}", device=device)

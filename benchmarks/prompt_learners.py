@@ -61,7 +61,7 @@ def run_variant(variant: str, directory: Path, steps: int, classes: int) -> dict
     import torch
     import torch.nn.functional as F
 
-    from vlpeft.methods.prompts import PromptTokens
+    from vlpeft.methods.prompts.tokens import PromptTokens
 
     torch.set_num_threads(2)
     backbone = build_backbone(directory)

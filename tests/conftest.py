@@ -110,8 +110,8 @@ def make_shapes_folder(root: Path, per_class: int = 10, seed: int = 0) -> Path:
     """An image-folder dataset (one folder per class) of four coloured shapes drawn by the world renderer."""
     import random
 
-    from vlpeft.data.world.render import Scene, render
-    from vlpeft.data.world.scenes import make_object
+    from vlpeft.world.render import Scene, render
+    from vlpeft.world.scenes import make_object
 
     classes = {
         "red circle": ("circle", "red"),
@@ -150,7 +150,7 @@ TINY_WORLD_CLASSES = ("circle", "square", "star")
 def tiny_world(tmp_path_factory):
     """A 3-class WorldShapes in CoOp layout: 3 train, 1 val, 2 test images per class."""
     from vlpeft.data import load_dataset
-    from vlpeft.data.world.datasets import WorldSet, shapes_scene, write_world_set
+    from vlpeft.world.datasets import WorldSet, shapes_scene, write_world_set
 
     ws = WorldSet("WorldShapes", "world_shapes", "a photo of a {}.", TINY_WORLD_CLASSES, shapes_scene)
     root = tmp_path_factory.mktemp("world")
@@ -161,7 +161,7 @@ def tiny_world(tmp_path_factory):
 def pixel_data(backbone, world, seed: int = 0):
     """What a pixel-level method learns from, with the single template "a photo of a {}."."""
     from vlpeft.methods import ClassText
-    from vlpeft.methods.deep_prompts import PixelData
+    from vlpeft.methods.inputs import PixelData
 
     encode = lambda prompts: backbone.encode_text(backbone.tokenize(prompts)).detach()  # noqa: E731
     text = ClassText(world.classnames, lambda kind: ["a photo of a {}."], encode)

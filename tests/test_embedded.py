@@ -8,7 +8,7 @@ import pytest
 
 from vlpeft.backbones import load_backbone
 from vlpeft.backbones.loading import embedded_dir
-from vlpeft.data.world.reference import REFERENCE_FILE, subset_zero_shot
+from vlpeft.world.reference import REFERENCE_FILE, subset_zero_shot
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_embedded_reproduces_its_stored_zero_shot_accuracies(embedded):
 @pytest.fixture(scope="module")
 def world_root(tmp_path_factory):
     """WorldPointillism and WorldTextures: 16 train, 4 val, 50 test images per class."""
-    from vlpeft.data.world.datasets import world_set, write_world_set
+    from vlpeft.world.datasets import world_set, write_world_set
 
     root = tmp_path_factory.mktemp("world")
     for name in ("WorldPointillism", "WorldTextures"):

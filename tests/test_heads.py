@@ -9,19 +9,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlpeft.engine.schedules import dassl_cosine
-from vlpeft.engine.train import iterations_per_epoch
 from vlpeft.errors import ConfigError
 from vlpeft.features import FeatureSet
 from vlpeft.methods import ClassText, FeatureHead, HeadData, Method, get_method, list_methods
-from vlpeft.methods.ape import APE, interclass_similarity, select_channels
-from vlpeft.methods.clap import CLAP
-from vlpeft.methods.cross_modal import CrossModalLP
-from vlpeft.methods.linear_probe import LinearProbe, logistic_regression
-from vlpeft.methods.lp_pp import LPPP
-from vlpeft.methods.taskres import TaskRes
-from vlpeft.methods.tip_adapter import TipAdapter, cache_logits, search_grid
-from vlpeft.methods.zero_shot import ZeroShot
+from vlpeft.methods.heads.ape import APE, interclass_similarity, select_channels
+from vlpeft.methods.heads.clap import CLAP
+from vlpeft.methods.heads.cross_modal import CrossModalLP
+from vlpeft.methods.heads.linear_probe import LinearProbe, logistic_regression
+from vlpeft.methods.heads.lp_pp import LPPP
+from vlpeft.methods.heads.taskres import TaskRes
+from vlpeft.methods.heads.tip_adapter import TipAdapter, cache_logits, search_grid
+from vlpeft.methods.heads.zero_shot import ZeroShot
+from vlpeft.training.loop import iterations_per_epoch
+from vlpeft.training.schedules import dassl_cosine
 
 HEADS = [
     n for n in list_methods() if issubclass(get_method(n), FeatureHead) and not get_method(n).needs_backbone
@@ -387,7 +387,7 @@ def test_cross_modal_uses_text_samples():
 
 def test_stacked_grid_training_equals_torch_adamw_one_setting_at_a_time():
     """The (lr, wd) settings of one batch size train at once; each must match a plain AdamW run."""
-    from vlpeft.methods.cross_modal import _Stream
+    from vlpeft.methods.heads.cross_modal import _Stream
 
     data = toy_data(val=False)
     head = make_head("cross-modal-lp", iterations="60", warmup_iterations="10")

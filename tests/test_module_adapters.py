@@ -158,7 +158,7 @@ def test_bitfit_and_ln_tuning_select_exactly_their_parameters(backbone, world):
 
 
 def test_ssf_scales_and_shifts_then_folds_into_the_weights(backbone, world):
-    from vlpeft.methods.layer_adapters import ScaleShift
+    from vlpeft.methods.adapters.ssf import ScaleShift
 
     op = ScaleShift(4)
     with torch.no_grad():
@@ -203,7 +203,7 @@ def test_adaptformer_adds_the_scaled_bottleneck_beside_the_mlp(backbone, world):
 
 
 def test_wise_ft_interpolates_between_zero_shot_and_fine_tuned(backbone, world):
-    from vlpeft.engine.train import train_on_pixels
+    from vlpeft.training.loop import train_on_pixels
 
     method, data = make_method("wise-ft", backbone, world, lr="1e-3", aug_scale="0.9,1.0")
     method.prepare(data)
@@ -241,7 +241,7 @@ def test_flyp_loss_is_clip_contrastive_on_class_captions(backbone, world):
 
 
 def test_gradient_accumulation_gives_the_same_step(backbone, world):
-    from vlpeft.engine.train import train_on_pixels
+    from vlpeft.training.loop import train_on_pixels
 
     results = []
     for accumulate in ("1", "3"):
@@ -257,7 +257,7 @@ def test_gradient_accumulation_gives_the_same_step(backbone, world):
 
 
 def test_precision_and_steps_follow_the_config(backbone, world):
-    from vlpeft.engine.train import train_on_pixels
+    from vlpeft.training.loop import train_on_pixels
 
     method, data = make_method("bitfit", backbone, world, precision="bf16", batch_size="4")
     method.prepare(data)

@@ -10,8 +10,9 @@ from vlpeft.backbones import load_backbone
 from vlpeft.errors import ConfigError
 from vlpeft.features import FeatureSet
 from vlpeft.methods import ClassText, HeadData, Method, get_method, list_methods
-from vlpeft.methods.coop import PromptHead, project_gradient
-from vlpeft.methods.prompts import PromptTokens
+from vlpeft.methods.prompts.base import PromptHead
+from vlpeft.methods.prompts.prograd import project_gradient
+from vlpeft.methods.prompts.tokens import PromptTokens
 
 PROMPT_METHODS = [n for n in list_methods() if issubclass(get_method(n), PromptHead)]
 NAMES = ["cat", "sea_lion", "red fox"]
@@ -193,7 +194,7 @@ def test_too_long_prompts_are_a_clear_error(backbone):
 
 
 def test_sinkhorn_plan_has_uniform_marginals():
-    from vlpeft.methods.plot import sinkhorn
+    from vlpeft.methods.prompts.plot import sinkhorn
 
     cost = torch.rand(2, 3, 7, 4, generator=torch.Generator().manual_seed(0))
     plan = sinkhorn(cost, eps=0.1, max_iter=1000, thresh=1e-9)
@@ -208,7 +209,7 @@ def test_sinkhorn_plan_has_uniform_marginals():
 
 
 def test_plot_score_is_the_transported_similarity(backbone):
-    from vlpeft.methods.plot import sinkhorn
+    from vlpeft.methods.prompts.plot import sinkhorn
 
     data = make_data(backbone, tokens=5)
     head = make_head("plot", backbone)

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from vlpeft.backbones import load_backbone
 from vlpeft.methods import Method, get_method, list_methods
-from vlpeft.methods.deep_prompts import PixelPromptLearner, text_prompts, vision_prompts
-from vlpeft.methods.multimodal import gaussian_weights
+from vlpeft.methods.prompts.deep import PixelPromptLearner, text_prompts, vision_prompts
+from vlpeft.methods.prompts.promptsrc import gaussian_weights
 
 from conftest import TINY_WORLD_CLASSES, pixel_data, pixels_of
 
@@ -67,7 +67,7 @@ def test_vision_prompts_are_appended_then_replaced_at_deeper_layers(backbone):
 
 
 def test_text_prompts_replace_the_context_positions(backbone):
-    from vlpeft.methods.prompts import PromptTokens
+    from vlpeft.methods.prompts.tokens import PromptTokens
 
     tokens = PromptTokens(backbone, NAMES, 2)
     deep = [torch.randn(2, backbone.text_width)]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from vlpeft.data import load_dataset
-from vlpeft.data.world import WORLD_SETS, generate_world, pretrain_pair, render, world_set
-from vlpeft.data.world.datasets import COMPOSITION_CLASSES, write_world_set
-from vlpeft.data.world.vocab import COUNTS, HELD_OUT_PAIRS, HELD_OUT_STYLE, SHAPES
+from vlpeft.world import WORLD_SETS, generate_world, pretrain_pair, render, world_set
+from vlpeft.world.datasets import COMPOSITION_CLASSES, write_world_set
+from vlpeft.world.vocab import COUNTS, HELD_OUT_PAIRS, HELD_OUT_STYLE, SHAPES
 
 
 def _digest(directory) -> dict[str, str]:
@@ -45,7 +45,7 @@ def test_pretraining_pairs_are_deterministic_and_avoid_held_out_concepts():
 
 
 def test_captions_name_what_is_drawn():
-    from vlpeft.data.world.scenes import VAGUE_POLYGONS, VAGUE_SHAPES
+    from vlpeft.world.scenes import VAGUE_POLYGONS, VAGUE_SHAPES
 
     vague = {*VAGUE_SHAPES, *VAGUE_POLYGONS, "thing"}
     hits = 0
@@ -61,7 +61,7 @@ def test_captions_name_what_is_drawn():
 
 
 def test_captions_name_shapes_patterns_and_counts_rarely_and_vaguely_otherwise():
-    from vlpeft.data.world.scenes import (
+    from vlpeft.world.scenes import (
         P_COUNT_WORD,
         P_PATTERN_WORD,
         P_SHAPE_WORD,
@@ -70,7 +70,7 @@ def test_captions_name_shapes_patterns_and_counts_rarely_and_vaguely_otherwise()
         VAGUE_POLYGONS,
         VAGUE_SHAPES,
     )
-    from vlpeft.data.world.vocab import PATTERNS
+    from vlpeft.world.vocab import PATTERNS
 
     seen = {k: {"exact": 0, "vague": 0, "all": 0} for k in ("shape", "pattern", "count")}
     for seed in range(4000):
@@ -123,14 +123,14 @@ def test_compositions_hold_out_half_the_pairs():
 @pytest.mark.parametrize("ws", WORLD_SETS, ids=lambda w: w.name)
 def test_every_class_draws(ws):
     for label, _ in enumerate(ws.classes):
-        from vlpeft.data.world.datasets import scene_for
+        from vlpeft.world.datasets import scene_for
 
         img = render(scene_for(ws, 0, "test", label, 0))
         assert img.size == (64, 64) and len(np.unique(np.asarray(img).reshape(-1, 3), axis=0)) > 3
 
 
 def test_image_seeds_do_not_depend_on_hash_randomisation():
-    from vlpeft.data.world.datasets import image_seed
+    from vlpeft.world.datasets import image_seed
 
     assert image_seed(0, "WorldShapes", "test", 3, 7) == image_seed(0, "WorldShapes", "test", 3, 7)
     assert random.Random(image_seed(0, "WorldShapes", "test", 3, 7)).random() == pytest.approx(
@@ -143,7 +143,7 @@ def test_image_seeds_do_not_depend_on_hash_randomisation():
 
 def test_pretraining_pairs_come_in_contrast_groups():
     """Members of a group share style and background and differ in the attribute their captions name."""
-    from vlpeft.data.world.scenes import GROUP
+    from vlpeft.world.scenes import GROUP
 
     kinds: dict[str, int] = {}
     for g in range(400):
@@ -172,8 +172,8 @@ def test_pretraining_pairs_come_in_contrast_groups():
 
 def test_pretraining_script_is_reproducible_and_loads(tmp_path):
     from vlpeft.backbones import load_backbone
-    from vlpeft.data.world.pretrain import main
     from vlpeft.errors import ConfigError
+    from vlpeft.world.pretrain import main
 
     args = ["--steps", "2", "--batch-size", "8", "--warmup", "1", "--workers", "0", "--threads", "1"]
     with pytest.raises(ConfigError, match="multiple of 4"):
@@ -208,8 +208,8 @@ def test_pretraining_script_is_reproducible_and_loads(tmp_path):
 
 
 def test_scene_attributes_name_single_values_and_ignore_the_rest():
-    from vlpeft.data.world.pretrain import ATTRIBUTES, IGNORE, scene_attributes
-    from vlpeft.data.world.render import Obj, Scene
+    from vlpeft.world.pretrain import ATTRIBUTES, IGNORE, scene_attributes
+    from vlpeft.world.render import Obj, Scene
 
     def idx(kind, value):
         return ATTRIBUTES[kind].index(value)
@@ -237,7 +237,7 @@ def test_auxiliary_loss_adds_the_per_attribute_cross_entropies():
     import torch
     import torch.nn.functional as F
 
-    from vlpeft.data.world.pretrain import ATTRIBUTES, AUX_SCALE, IGNORE, build_model, pretraining_loss
+    from vlpeft.world.pretrain import ATTRIBUTES, AUX_SCALE, IGNORE, build_model, pretraining_loss
 
     model = build_model(vocab_size=40, seed=0).eval()
     pixels, ids = torch.randn(3, 3, 64, 64), torch.randint(0, 38, (3, 6))

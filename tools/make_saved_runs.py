@@ -26,26 +26,37 @@ RUNS = {
 
 
 def main(out: Path) -> None:
-    from vlpeft.data.world.datasets import WorldSet, shapes_scene, write_world_set
     from vlpeft.engine.runner import TrainConfig, predict, run_train
+    from vlpeft.world.datasets import WorldSet, shapes_scene, write_world_set
 
     out.mkdir(parents=True, exist_ok=True)
-    ws = WorldSet("WorldShapes", "world_shapes", "a photo of a {}.", ("circle", "square", "star"), shapes_scene)
+    ws = WorldSet(
+        "WorldShapes", "world_shapes", "a photo of a {}.", ("circle", "square", "star"), shapes_scene
+    )
     with tempfile.TemporaryDirectory() as tmp:
         write_world_set(ws, Path(tmp) / ws.folder, 0, per_class=(3, 1, 2))
         images = sorted((Path(tmp) / ws.folder / "images").rglob("*.png"))[:3]
         for i, image in enumerate(images):
             shutil.copy(image, out / f"image{i}.png")
         for method, overrides in RUNS.items():
-            cfg = TrainConfig(method, "embedded", "WorldShapes", tmp, shots=3, seed=1, overrides=overrides,
-                              cache_dir=str(Path(tmp) / "cache"))
+            cfg = TrainConfig(
+                method,
+                "embedded",
+                "WorldShapes",
+                tmp,
+                shots=3,
+                seed=1,
+                overrides=overrides,
+                cache_dir=str(Path(tmp) / "cache"),
+            )
             run_dir = out / method.replace("+", "p")
             result = run_train(cfg, run_dir, overwrite=True)
             preds = predict(run_dir, [out / f"image{i}.png" for i in range(len(images))], top_k=3)
             for p in preds:
                 p["image"] = Path(p["image"]).name
-            (run_dir / "expected_predictions.json").write_text(json.dumps(
-                {"accuracy": result["metrics"]["accuracy"], "predictions": preds}, indent=1))
+            (run_dir / "expected_predictions.json").write_text(
+                json.dumps({"accuracy": result["metrics"]["accuracy"], "predictions": preds}, indent=1)
+            )
             print(method, result["metrics"]["accuracy"])
 
 

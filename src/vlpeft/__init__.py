@@ -1,15 +1,15 @@
 """vlpeft: parameter-efficient adaptation of vision-language models (CLIP, SigLIP and kin).
 
 The public API is imported lazily so that ``import vlpeft`` (and the CLI) start fast; the
-dataset registry is filled on import.
+dataset registry (the standard datasets and the embedded world's) is filled on import.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-
+from vlpeft import world as _world  # noqa: F401  (registers the generated world datasets)
+from vlpeft._version import __version__
 from vlpeft.data import list_datasets, load_dataset
 
 _LAZY = {

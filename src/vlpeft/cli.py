@@ -469,7 +469,7 @@ def world_generate(
     only: Annotated[list[str] | None, typer.Option("--only", help="Generate only these datasets.")] = None,
 ) -> None:
     """Write the world datasets (CoOp layout, split files included) under ROOT."""
-    from vlpeft.data.world import WORLD_SETS, generate_world
+    from vlpeft.world import WORLD_SETS, generate_world
 
     names = [n for n in (only or []) if n]
     unknown = sorted(set(names) - {w.name for w in WORLD_SETS})

@@ -37,8 +37,8 @@ class DemoConfig:
 
 
 def world_root(cache_dir: str | None, world_seed: int) -> Path:
-    from vlpeft.data.world.datasets import WORLD_VERSION
     from vlpeft.features import default_cache_dir
+    from vlpeft.world.datasets import WORLD_VERSION
 
     base = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     return base / "world" / f"v{WORLD_VERSION}-seed{world_seed}"
@@ -57,10 +57,10 @@ def demo_methods(requested: tuple[str, ...]) -> list[str]:
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the demo grid; returns the summary (also written to ``out/results.json``)."""
     from vlpeft.backbones import load_backbone
-    from vlpeft.data.world import FEW_SHOT_SETS, generate_world, world_set
     from vlpeft.engine.runner import TrainConfig, run_train
     from vlpeft.features import FeatureStore
     from vlpeft.utils import environment, track
+    from vlpeft.world import FEW_SHOT_SETS, generate_world, world_set
 
     start = time.perf_counter()
     datasets = list(cfg.datasets or FEW_SHOT_SETS)

@@ -63,7 +63,7 @@ def environment() -> dict:
     import torch
     import transformers
 
-    from vlpeft import __version__
+    from vlpeft._version import __version__
 
     info = {
         "vlpeft": __version__,

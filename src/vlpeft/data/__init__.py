@@ -2,7 +2,6 @@
 
 from vlpeft.data import coop as _coop  # noqa: F401  (registers the standard datasets)
 from vlpeft.data import custom as _custom  # noqa: F401  (registers imagefolder / csv)
-from vlpeft.data import world as _world  # noqa: F401  (registers the generated world datasets)
 from vlpeft.data.base import (
     DATASETS,
     CheckReport,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from vlpeft.data import fewshot as _fewshot
+from vlpeft.data.datum import Datum
 from vlpeft.data.templates import DEFAULT_TEMPLATE, resolve_templates
 from vlpeft.errors import ConfigError, DatasetError
 from vlpeft.registry import Registry
@@ -23,17 +24,6 @@ from vlpeft.registry import Registry
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class Datum:
-    """One labelled image. ``relpath`` is the path as the split file (or folder listing) gives it."""
-
-    impath: str
-    label: int
-    classname: str
-    relpath: str = ""
-    domain: int = 0
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,9 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
+from vlpeft.data.datum import Datum
 from vlpeft.errors import ConfigError
-
-if TYPE_CHECKING:
-    from vlpeft.data.base import Datum
 
 SUBSAMPLE_CHOICES = ("all", "base", "new")
 

@@ -17,15 +17,15 @@ from vlpeft.data import Dataset, get_dataset_spec
 from vlpeft.data.base import Datum
 from vlpeft.data.fewshot import SUBSAMPLE_CHOICES
 from vlpeft.data.images import load_image
-from vlpeft.engine.distributed import init_from_env, is_main_process, local_device, rank_and_size
 from vlpeft.engine.metrics import classification_metrics
 from vlpeft.errors import ConfigError
 from vlpeft.features import FeatureSet, FeatureStore, ViewSpec
 from vlpeft.methods import ClassText, FeatureHead, HeadData, Method, get_method
-from vlpeft.methods.deep_prompts import PixelData, PixelPromptLearner
-from vlpeft.methods.feature_head import VAL_POLICIES, TrainViews
-from vlpeft.methods.module_adapter import ModuleAdapter
+from vlpeft.methods.adapters.base import ModuleAdapter
+from vlpeft.methods.inputs import VAL_POLICIES, PixelData, TrainViews
+from vlpeft.methods.prompts.deep import PixelPromptLearner
 from vlpeft.runs import CONFIG_FILE, check_out_dir, peak_memory_mb, run_log, write_run
+from vlpeft.training.distributed import init_from_env, is_main_process, local_device, rank_and_size
 from vlpeft.utils import environment, resolve_device
 
 logger = logging.getLogger(__name__)

@@ -1,26 +1,20 @@
-"""Methods; importing this package registers every method."""
+"""Methods, one sub-package per family; importing this package registers every method.
 
-from vlpeft.methods import (
-    ape,
-    clap,
-    clip_adapter,
-    cocoop,
-    coop,
-    cross_modal,
-    finetune,
-    layer_adapters,
-    linear_probe,
-    lora,
-    lp_pp,
-    multimodal,
-    plot,
-    taskres,
-    tip_adapter,
-    zero_shot,
-)
+- ``base.py``: the :class:`Method` interface, :class:`MethodConfig` and the registry;
+  ``configs.py`` the config fields families share, ``inputs.py`` what a method learns from.
+- ``heads/``: feature heads and cache models (on cached image features).
+- ``prompts/``: text and visual/deep prompt learners.
+- ``adapters/``: module adapters and fine-tuning (on a private copy of the backbone).
+
+A new method is one module in its family's folder, imported by that folder's ``__init__``.
+"""
+
+from vlpeft.methods import adapters, heads, prompts
+from vlpeft.methods.adapters import ModuleAdapter
 from vlpeft.methods.base import METHODS, Method, MethodConfig, get_method, list_methods, register_method
-from vlpeft.methods.feature_head import ClassText, FeatureHead, HeadData
-from vlpeft.methods.module_adapter import ModuleAdapter
+from vlpeft.methods.heads import FeatureHead
+from vlpeft.methods.inputs import ClassText, HeadData, PixelData
+from vlpeft.methods.prompts import PixelPromptLearner, PromptHead
 
 __all__ = [
     "METHODS",
@@ -30,23 +24,13 @@ __all__ = [
     "Method",
     "MethodConfig",
     "ModuleAdapter",
-    "ape",
-    "clap",
-    "clip_adapter",
-    "cocoop",
-    "coop",
-    "cross_modal",
-    "finetune",
+    "PixelData",
+    "PixelPromptLearner",
+    "PromptHead",
+    "adapters",
     "get_method",
-    "layer_adapters",
-    "linear_probe",
+    "heads",
     "list_methods",
-    "lora",
-    "lp_pp",
-    "multimodal",
-    "plot",
+    "prompts",
     "register_method",
-    "taskres",
-    "tip_adapter",
-    "zero_shot",
 ]

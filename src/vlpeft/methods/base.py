@@ -3,8 +3,8 @@
 Every method is an ``nn.Module`` with a typed dataclass config (defaults from its official
 code, the source file named in a comment), a docstring with the paper link, and a state that
 saves to ``adapter.safetensors`` + ``adapter_config.json`` holding only what was learned (or
-cached). Three families share this base: feature heads (this issue), prompt learners and
-module adapters.
+cached). The families share this base, each in its own folder with its own base class:
+``heads/`` (feature heads), ``prompts/`` (prompt learners) and ``adapters/`` (module adapters).
 """
 
 from __future__ import annotations

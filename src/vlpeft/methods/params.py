@@ -6,7 +6,8 @@ import torch
 
 from vlpeft.features import FeatureSet
 from vlpeft.methods.base import Method
-from vlpeft.methods.feature_head import ClassText, FeatureHead, HeadData
+from vlpeft.methods.heads.base import FeatureHead
+from vlpeft.methods.inputs import ClassText, HeadData
 
 
 def synthetic_head_data(embed_dim: int, classes: int, shots: int, views: int = 1, seed: int = 0) -> HeadData:

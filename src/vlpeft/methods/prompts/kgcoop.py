@@ -1,0 +1,53 @@
+"""KgCoOp: CoOp regularised towards the hand-crafted prompts' embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vlpeft.methods.base import register_method
+from vlpeft.methods.inputs import HeadData
+from vlpeft.methods.prompts.base import PromptConfig, PromptHead
+
+
+@dataclass
+class KgCoOpConfig(PromptConfig):
+    # htyao89/KgCoOp configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml (batch 128, 100 epochs, init
+    # "a photo of a") and scripts/run.sh (W = 8.0)
+    ctx_init: str = "a photo of a"
+    n_ctx: int = 4
+    batch_size: int = 128
+    epochs: int = 100
+    weight: float = 8.0
+
+
+@register_method
+class KgCoOp(PromptHead):
+    """KgCoOp: CoOp plus ``W * (1 - mean_c cos(w_c, w_c^clip))`` towards the hand-crafted prompts.
+
+    Yao et al., "Visual-Language Prompt Tuning with Knowledge-guided Context Optimization",
+    CVPR 2023, https://arxiv.org/abs/2303.13283; official code htyao89/KgCoOp ``trainers/kgcoop.py``.
+    ``w^clip`` is zero-shot CLIP's embedding of the dataset's template. The code's
+    ``1 - cos`` equals half the paper's squared L2 distance of unit vectors.
+
+    Example: ``vlpeft train --method kgcoop --set weight=8.0 ...``
+    """
+
+    name = "kgcoop"
+    paper = "https://arxiv.org/abs/2303.13283"
+    config_class = KgCoOpConfig
+    identity_at_init = True
+
+    def prepare(self, data: HeadData) -> None:
+        super().prepare(data)
+        self.register_buffer("clip_weights", data.text.weights("single"), persistent=False)
+
+    def knowledge_loss(self, text: torch.Tensor) -> torch.Tensor:
+        return 1 - F.cosine_similarity(text, self.clip_weights, dim=-1, eps=1e-7).mean()
+
+    def loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        text = self.text_features()
+        logits = self.logit_scale * F.normalize(features, dim=-1) @ text.t()
+        return F.cross_entropy(logits, labels) + self.config.weight * self.knowledge_loss(text)
