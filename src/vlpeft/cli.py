@@ -483,6 +483,71 @@ def world_generate(
             )
 
 
+class Executor(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+@app.command("bench")
+def bench_command(
+    spec: Annotated[
+        Path, typer.Argument(help="The grid: a YAML spec (see vlpeft/bench/specs/ for examples).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Results directory (resumable; one spec per directory).")
+    ],
+    plan: Annotated[
+        bool, typer.Option("--plan", help="Print the expanded grid and exit; nothing is run.")
+    ] = False,
+    executor: Annotated[
+        Executor, typer.Option("--executor", help="local (processes here) or ray.")
+    ] = Executor.local,
+    jobs: Annotated[int, typer.Option("--jobs", help="Worker processes of the local executor.")] = 1,
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="Ray cluster to join (e.g. auto); default: a local instance."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Run in a directory that holds another spec's results.")
+    ] = False,
+    report: Annotated[
+        bool, typer.Option("--report/--no-report", help="Write the report when the grid ends.")
+    ] = True,
+) -> None:
+    """Run a grid of methods x datasets x shots x seeds under one protocol; skip what is done."""
+    from vlpeft.bench import build_report, load_spec, run_grid
+    from vlpeft.bench.plan import print_plan
+
+    grid = load_spec(spec)
+    if plan:
+        print_plan(grid, out, out_console)
+        return
+    result = run_grid(grid, out, executor.value, jobs, address, force)
+    out_console.print(
+        f"{result.runs} runs: {len(result.done)} done now, {len(result.skipped)} already done, "
+        f"{len(result.failed)} failed, {len(result.busy)} taken by another runner "
+        f"({result.wall_time_s:.0f} s, {result.image_encoder_forwards:,} image-encoder forwards)"
+    )
+    if report:
+        paths = build_report(out)
+        out_console.print(f"Wrote {paths['report.html']}, {paths['report.md']}, {out / 'results.csv'}")
+    if result.failed:
+        lines = "\n".join(f"  {k}: {e}" for k, e in result.failed.items())
+        raise VlpeftError(f"{len(result.failed)} runs failed (details in {out / 'failed'}):\n{lines}")
+
+
+@app.command("report")
+def report_command(
+    out: Annotated[Path, typer.Argument(help="A directory written by `vlpeft bench`.")],
+) -> None:
+    """Tables (mean ± std over seeds), curves and costs of a bench directory: report.md/.html, tables/."""
+    from vlpeft.bench import build_report
+
+    paths = build_report(out)
+    out_console.print((out / "report.md").read_text(), markup=False)
+    out_console.print(f"Wrote {', '.join(str(p) for p in paths.values())}")
+
+
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option("--out", help="Output folder for the tables, plot and report.")] = Path(

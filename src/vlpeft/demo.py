@@ -36,14 +36,6 @@ class DemoConfig:
     extra: dict = field(default_factory=dict)
 
 
-def world_root(cache_dir: str | None, world_seed: int) -> Path:
-    from vlpeft.features import default_cache_dir
-    from vlpeft.world.datasets import WORLD_VERSION
-
-    base = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    return base / "world" / f"v{WORLD_VERSION}-seed{world_seed}"
-
-
 def demo_methods(requested: tuple[str, ...]) -> list[str]:
     from vlpeft.methods import FeatureHead, get_method, list_methods
     from vlpeft.report import ZERO_SHOT
@@ -65,6 +57,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     start = time.perf_counter()
     datasets = list(cfg.datasets or FEW_SHOT_SETS)
     methods = demo_methods(cfg.methods)
+    from vlpeft.world.datasets import world_root
+
     root = generate_world(world_root(cfg.cache_dir, cfg.world_seed), cfg.world_seed, datasets)
     backbone = load_backbone(cfg.model)
     store = FeatureStore(backbone, cfg.cache_dir)

@@ -228,15 +228,21 @@ def pixel_data(cfg: TrainConfig, dataset: Dataset, val, store: FeatureStore) -> 
 
 
 @torch.no_grad()
-def evaluate_pixels(method, items, classnames, batch_size: int = 64, workers: int = 0) -> dict[str, Any]:
-    """Metrics of a method that runs the (prompted) image encoder on every test image."""
+def evaluate_pixels(
+    method, items, classnames, batch_size: int = 64, workers: int = 0, columns: list[int] | None = None
+) -> dict[str, Any]:
+    """Metrics of a method that runs the (prompted) image encoder on every test image.
+
+    ``columns``: score only these classes of the method's classifier (in this order).
+    """
     from vlpeft.data.loader import image_loader
 
     method.eval()
     backbone = method.backbone
     logits, labels = [], []
     for pixels, y in image_loader(items, backbone.preprocess, batch_size, workers):
-        logits.append(method.logits(pixels.to(backbone.device, backbone.dtype)).float().cpu())
+        scores = method.logits(pixels.to(backbone.device, backbone.dtype)).float().cpu()
+        logits.append(scores[:, columns] if columns is not None else scores)
         labels.append(y)
     return classification_metrics(torch.cat(logits), torch.cat(labels), classnames)
 
@@ -280,8 +286,13 @@ def _jsonable(value: Any) -> Any:
 # ---- prediction -----------------------------------------------------------------------------
 
 
-def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[Backbone, FeatureHead, list[str]]:
-    """The backbone and the fitted head of a run directory, and its class names."""
+def load_run(
+    run_dir: str | Path, device: str = "cpu", backbone: Backbone | None = None
+) -> tuple[Backbone, FeatureHead, list[str]]:
+    """The backbone and the fitted head of a run directory, and its class names.
+
+    ``backbone``: an already loaded backbone to use if it is the run's (same spec and weights).
+    """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise ConfigError(
@@ -290,7 +301,8 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[Backbone, Featur
     config = json.loads((run_dir / CONFIG_FILE).read_text())
     head = Method.from_saved(run_dir)
     meta = json.loads((run_dir / "adapter_config.json").read_text())
-    backbone = load_backbone(config["model"], device=device, dtype=config.get("dtype"))
+    if backbone is None or backbone.fingerprint() != config["backbone"]["fingerprint"]:
+        backbone = load_backbone(config["model"], device=device, dtype=config.get("dtype"))
     if backbone.fingerprint() != config["backbone"]["fingerprint"]:
         logger.warning("The weights of '%s' changed since this run was trained.", config["model"])
     head.attach(backbone, meta["classnames"])
@@ -337,13 +349,22 @@ def evaluate_run(
     cache_dir: str | None = None,
     device: str = "auto",
     overwrite: bool = False,
+    classes: str = "rebuild",
+    backbone: Backbone | None = None,
+    store: FeatureStore | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained run on ``split`` of a dataset (default: the one it was trained on).
 
-    Class names may differ from training (``--subsample new``, cross-dataset transfer) only for
-    methods that transfer to new classes (zero-shot, prompt learners); their class-dependent
-    parts are rebuilt from the new names. Base-to-new runs report base, new and harmonic mean.
+    ``classes="rebuild"``: class names may differ from training (``--subsample new``,
+    cross-dataset transfer) only for methods that transfer to new classes (zero-shot, prompt
+    learners); their class-dependent parts are rebuilt from the new names. ``classes="subset"``
+    (domain generalisation): every class of the target is one of the run's, and the prediction is
+    the argmax over those columns of the run's own classifier, as CoOp's code evaluates ImageNet-A
+    and -R (200 of ImageNet's classes). Base-to-new runs report base, new and harmonic mean.
+    ``backbone``/``store`` let a caller evaluating many runs load the model once.
     """
+    if classes not in CLASS_MODES:
+        raise ConfigError(f"classes must be one of {list(CLASS_MODES)}, got {classes!r}.")
     if out is not None:
         check_out_dir(out, overwrite)
     run_dir = Path(run_dir)
@@ -355,20 +376,28 @@ def evaluate_run(
     name, data_root = dataset or trained["dataset"]["name"], root or trained["root"]
     which = subsample or trained["subsample"]
     data = get_dataset_spec(name).load(data_root).subsample_classes(which)
-    backbone, head, classnames = load_run(run_dir, resolve_device(device))
-    if list(data.classnames) != classnames and not head.transfers_to_new_classes:
+    backbone, head, classnames = load_run(run_dir, resolve_device(device), backbone)
+    columns = None
+    if classes == "subset":
+        columns = subset_columns(classnames, data.classnames, name)
+    elif list(data.classnames) != classnames and not head.transfers_to_new_classes:
         raise ConfigError(
             f"{head.name} learned weights for its training classes only; it cannot be evaluated on "
             f"other classes. Use a method that transfers (zero-shot, coop, cocoop, ...)."
         )
-    head.attach(backbone, data.classnames)
-    if needs_pixels(head):
-        result = evaluate_pixels(head, data.split(split), data.classnames)
     else:
-        store = FeatureStore(backbone, cache_dir)
+        head.attach(backbone, data.classnames)
+    if needs_pixels(head):
+        result = evaluate_pixels(head, data.split(split), data.classnames, columns=columns)
+    else:
+        store = (
+            store if store is not None and store.backbone is backbone else FeatureStore(backbone, cache_dir)
+        )
         feats = store.feature_set(cache_name(data), data.split(split), tokens=head.uses_tokens)
         with torch.no_grad():
-            result = classification_metrics(head.logits(feats.view(0)), feats.labels, data.classnames)
+            logits = head.logits(feats.view(0))
+            logits = logits[:, columns] if columns is not None else logits
+            result = classification_metrics(logits, feats.labels, data.classnames)
     result = {
         "task": "eval-run",
         "run": str(run_dir),
@@ -376,6 +405,7 @@ def evaluate_run(
         "dataset": name,
         "subsample": which,
         "split": split,
+        "classes": classes,
         **result,
     }
     _add_base_to_new(result, run_dir, trained, which)
@@ -384,6 +414,21 @@ def evaluate_run(
             out, {"task": "eval-run", "run": str(run_dir), "dataset": data.describe(), "split": split}, result
         )
     return result
+
+
+CLASS_MODES = ("rebuild", "subset")
+
+
+def subset_columns(trained: list[str], target: list[str] | tuple[str, ...], dataset: str) -> list[int]:
+    """Index in the run's classes of each target class (domain generalisation); all must be there."""
+    index = {name: i for i, name in enumerate(trained)}
+    missing = [c for c in target if c not in index]
+    if missing:
+        raise ConfigError(
+            f"{dataset} has {len(missing)} classes the run was not trained on (e.g. {missing[:3]}); "
+            "domain generalisation needs the target's classes to be a subset of the source's."
+        )
+    return [index[c] for c in target]
 
 
 def _add_base_to_new(result: dict[str, Any], run_dir: Path, trained: dict[str, Any], which: str) -> None:

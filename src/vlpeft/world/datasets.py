@@ -279,6 +279,14 @@ SHIFT_SETS = tuple(s.name for s in WORLD_SETS if s.test_only)
 WORLD_TEMPLATES = tuple(dict.fromkeys(s.template for s in WORLD_SETS))
 
 
+def world_root(cache_dir: str | None, world_seed: int = 0) -> Path:
+    """Where the generated world lives in the cache (one folder per world version and seed)."""
+    from vlpeft.features import default_cache_dir
+
+    base = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    return base / "world" / f"v{WORLD_VERSION}-seed{world_seed}"
+
+
 def world_set(name: str) -> WorldSet:
     return next(s for s in WORLD_SETS if s.name == name)
 
