@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -134,12 +135,28 @@ def test_demo_on_the_embedded_model(tmp_path):
         "--shots",
         "1,4",
     )
-    assert out.exit_code == 0 and "| zero-shot |" in out.stdout and "tip-adapter" in out.stdout
-    for name in ("results.json", "results.md", "curves.png", "report.html"):
+    assert out.exit_code == 0, out.stdout
+    assert "| zero-shot |" in out.stdout and "tip-adapter" in out.stdout and "chance (%)" in out.stdout
+    for name in ("results.csv", "results.parquet", "report.md", "curves.png", "report.html"):
         assert (tmp_path / "demo" / name).is_file(), name
-    summary = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert {r["method"] for r in summary["rows"]} == {"zero-shot", "linear-probe", "tip-adapter"}
-    assert len(summary["rows"]) == 1 + 2 * 2 and summary["chance"]["WorldTextures"] == pytest.approx(100 / 7)
+    frame = pd.read_csv(tmp_path / "demo" / "results.csv")
+    assert set(frame["method"]) == {"zero-shot", "linear-probe", "tip-adapter"}
+    assert len(frame) == 1 + 2 * 2 and set(frame["dataset"]) == {"WorldTextures"}
+    again = invoke(
+        "demo",
+        "--out",
+        tmp_path / "demo",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--datasets",
+        "WorldTextures",
+        "--methods",
+        "linear-probe,tip-adapter",
+        "--shots",
+        "1,4",
+    )
+    assert again.exit_code == 0 and "0 runs done now, 5 reused" in again.stdout  # nothing re-run
+    assert pd.read_csv(tmp_path / "demo" / "results.csv").equals(frame)
 
 
 def test_base_to_new_from_the_command_line(tiny_clip, shapes_folder, tmp_path):

@@ -23,7 +23,8 @@ LAYERS = [
     ("methods",),
     ("engine",),
     ("world",),
-    ("demo", "export", "report"),
+    ("bench",),
+    ("demo", "export"),
     ("cli", "__main__", "__init__"),
 ]
 

@@ -566,9 +566,8 @@ def demo_command(
     ] = ValPolicy.fewshot,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Feature and world cache.")] = None,
 ) -> None:
-    """Adapt the embedded CLIP with every method on the world datasets; tables, curves and an HTML report."""
-    from vlpeft.demo import DemoConfig, run_demo
-    from vlpeft.report import ZERO_SHOT, markdown
+    """Adapt the embedded CLIP with every feature head on the world datasets; tables, curves, HTML report."""
+    from vlpeft.demo import ZERO_SHOT, DemoConfig, run_demo
 
     def _split(text: str) -> tuple[str, ...]:
         return tuple(t.strip() for t in text.split(",") if t.strip())
@@ -587,20 +586,21 @@ def demo_command(
         str(cache_dir) if cache_dir else None,
     )
     summary = run_demo(cfg)
-    for k in shot_list:
-        out_console.print(markdown(summary["rows"], summary["datasets"], summary["methods"], k), markup=False)
-        out_console.print()
+    out_console.print(summary["paths"]["report.md"].read_text(), markup=False)
     chance = ", ".join(f"{d} {v:.1f}" for d, v in summary["chance"].items())
     out_console.print(f"chance (%): {chance}")
-    gains = summary["gains_16"]
-    if gains:
-        best = sorted(gains.items(), key=lambda kv: -kv[1])
-        text = ", ".join(f"{m} {g:+.1f}" for m, g in best)
+    if summary["gains"]:
+        best = sorted(summary["gains"].items(), key=lambda kv: -kv[1])
+        text = ", ".join(f"{m} {g:+.1f}" for m, g in best if m != ZERO_SHOT)
         out_console.print(
             f"{max(shot_list)}-shot gain over {ZERO_SHOT} (points, averaged over datasets): {text}"
         )
+    grid = summary["grid"]
+    out_console.print(f"{len(grid.done)} runs done now, {len(grid.skipped)} reused from {out}")
+    if grid.failed:
+        raise VlpeftError(f"{len(grid.failed)} demo runs failed (details in {out / 'failed'}).")
     out_console.print(
-        f"Wrote {out / 'report.html'}, {out / 'curves.png'}, {out / 'results.md'} "
+        f"Wrote {out / 'report.html'}, {out / 'curves.png'}, {out / 'report.md'} "
         f"in {summary['wall_time_s']:.0f} s"
     )
 

@@ -20,13 +20,15 @@ and ``<cache>/text/<fingerprint[:16]>/<prompts hash>.safetensors``. The cache di
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +117,23 @@ class _Pixels(TorchDataset):
         return self.transform(load_image(self.items[i].impath), view_key(self.items[i]))
 
 
+@contextlib.contextmanager
+def _extraction_lock(directory: Path) -> Iterator[None]:
+    """One extracting process per cache entry (processes of a bench grid, Ray tasks on one disk):
+    the others wait and then read its shards, so each image view is encoded once. Released when the
+    process dies; a cache that cannot hold a lock file (read-only) is used without one."""
+    try:
+        fd = os.open(directory / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 class FeatureStore:
     """Extracts and caches features of one backbone."""
 
@@ -141,10 +160,13 @@ class FeatureStore:
         directory = self._entry_dir(dataset, view)
         for _attempt in range(3):
             index = self._index(directory)
-            todo = {k: item for k, item in zip(keys, items, strict=True) if k not in index}
-            if todo:
-                self._extract(directory, list(todo.values()), list(todo), view)
-                index = self._index(directory)
+            if any(k not in index for k in keys):
+                with _extraction_lock(directory):  # another process may be encoding the same images
+                    index = self._index(directory)
+                    todo = {k: item for k, item in zip(keys, items, strict=True) if k not in index}
+                    if todo:
+                        self._extract(directory, list(todo.values()), list(todo), view)
+                    index = self._index(directory)
             gathered = self._gather(index, keys)
             if gathered is not None:
                 return gathered

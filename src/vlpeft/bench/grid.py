@@ -32,14 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from vlpeft.bench.spec import WORLD_ROOT, BenchSpec, Run
+from vlpeft.bench.table import BENCH_FILE, EVALS, FAILED, LOCKS, RUN_FILE, RUNS, write_results
 from vlpeft.errors import ConfigError
 from vlpeft.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-BENCH_FILE = "bench.json"
-RUN_FILE = "bench_run.json"
-RUNS, FAILED, LOCKS, EVALS = "runs", "failed", "locks", "evals"
 EXECUTORS = ("local", "ray")
 
 
@@ -292,8 +290,6 @@ def run_grid(
             _record(report, result)
             advance(result["status"])
     report.wall_time_s = round(time.perf_counter() - start, 2)
-    from vlpeft.bench.table import write_results
-
     write_results(out)
     return report
 
@@ -367,6 +363,8 @@ def _start_ray(address: str | None, spec: BenchSpec):
         import ray
     except ImportError:
         raise ConfigError("--executor ray needs Ray: pip install 'vlpeft[ray]'.") from None
+    if address and address != "auto":
+        _check_reachable(address)
     if not ray.is_initialized():
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -374,6 +372,24 @@ def _start_ray(address: str | None, spec: BenchSpec):
             where = f"the Ray cluster at '{address}'" if address else "a local Ray instance"
             raise ConfigError(f"Cannot start or reach {where}: {type(err).__name__}: {err}") from None
     return ray
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast with a clear message (Ray itself retries a dead address for minutes)."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address must be auto or HOST:PORT (or ray://HOST:PORT), got {address!r}.")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"Cannot reach the Ray cluster at {address!r} ({err}). Start it with `ray start --head` or pass "
+            "the address `ray status` shows; leave --address out for a local instance."
+        ) from None
 
 
 def _ray_results(ray, todo: list[Run], settings: Settings, spec: BenchSpec) -> Iterator[dict[str, Any]]:

@@ -17,6 +17,10 @@ import pandas as pd
 
 from vlpeft.io import write_bytes_atomic, write_text_atomic
 
+# The layout of a bench directory (see vlpeft.bench.grid).
+BENCH_FILE = "bench.json"
+RUN_FILE = "bench_run.json"
+RUNS, FAILED, LOCKS, EVALS = "runs", "failed", "locks", "evals"
 COLUMNS = [
     "backbone",
     "method",
@@ -45,8 +49,6 @@ OWN_SPLIT = {
 
 def run_rows(directory: Path) -> list[dict[str, Any]]:
     """The rows of one finished run directory (its own test split, then each evaluation)."""
-    from vlpeft.bench.grid import EVALS, RUN_FILE
-
     run = json.loads((directory / RUN_FILE).read_text())
     result = json.loads((directory / "result.json").read_text())
     memory = result.get("peak_memory", {})
@@ -84,8 +86,6 @@ def _metrics(result: dict[str, Any]) -> dict[str, float]:
 
 def collect(out: str | Path) -> pd.DataFrame:
     """Every finished run of a bench directory as one tidy frame (columns: :data:`COLUMNS`)."""
-    from vlpeft.bench.grid import RUN_FILE, RUNS
-
     rows = [
         row
         for d in sorted((Path(out) / RUNS).glob("*"))

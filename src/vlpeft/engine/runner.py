@@ -385,14 +385,16 @@ def evaluate_run(
             f"{head.name} learned weights for its training classes only; it cannot be evaluated on "
             f"other classes. Use a method that transfers (zero-shot, coop, cocoop, ...)."
         )
-    else:
+    store = store if store is not None and store.backbone is backbone else FeatureStore(backbone, cache_dir)
+    if columns is None and isinstance(head, FeatureHead):
+        head.retarget(
+            backbone, ClassText(data.classnames, data.templates, store.text_embeddings, data.template)
+        )
+    elif columns is None:
         head.attach(backbone, data.classnames)
     if needs_pixels(head):
         result = evaluate_pixels(head, data.split(split), data.classnames, columns=columns)
     else:
-        store = (
-            store if store is not None and store.backbone is backbone else FeatureStore(backbone, cache_dir)
-        )
         feats = store.feature_set(cache_name(data), data.split(split), tokens=head.uses_tokens)
         with torch.no_grad():
             logits = head.logits(feats.view(0))

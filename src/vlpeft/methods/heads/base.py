@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from vlpeft.data.transforms import AugmentSpec
 from vlpeft.methods.base import Method
 from vlpeft.methods.configs import HeadConfig, TrainedHeadConfig
-from vlpeft.methods.inputs import HeadData, TrainViews
+from vlpeft.methods.inputs import ClassText, HeadData, TrainViews
 
 
 class FeatureHead(Method):
@@ -77,6 +77,14 @@ class FeatureHead(Method):
     def attach(self, backbone, classnames: Sequence[str]) -> None:
         """Ready a fitted or loaded head for these class names (prompt learners rebuild their tokens)."""
         self.bind(backbone)
+
+    def retarget(self, backbone, text: ClassText) -> None:
+        """Ready a fitted head for other classes (``text``: their names, templates and encoder).
+
+        Heads that transfer to new classes rebuild what depends on the class names; the default is
+        :meth:`attach` with the new names.
+        """
+        self.attach(backbone, text.classnames)
 
     def on_epoch_end(self, epoch: int) -> None:
         """Hook for per-epoch updates (e.g. constraint multipliers)."""

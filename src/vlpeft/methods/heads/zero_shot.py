@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from vlpeft.methods.base import register_method
 from vlpeft.methods.configs import HeadConfig
 from vlpeft.methods.heads.base import FeatureHead
-from vlpeft.methods.inputs import HeadData
+from vlpeft.methods.inputs import ClassText, HeadData
 
 
 @dataclass
@@ -36,6 +36,7 @@ class ZeroShot(FeatureHead):
     config_class = ZeroShotConfig
     identity_at_init = True
     needs_train = False
+    transfers_to_new_classes = True  # new classes: the weights of their prompts (base-to-new, cross-dataset)
 
     def prepare(self, data: HeadData) -> None:
         self.register_buffer("weights", data.text.weights(self.config.templates))  # (C, D)
@@ -44,6 +45,11 @@ class ZeroShot(FeatureHead):
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * F.normalize(features, dim=-1) @ self.weights.t() + self.logit_bias
+
+    def retarget(self, backbone, text: ClassText) -> None:
+        """Zero-shot weights of the new classes' prompts (with their dataset's templates)."""
+        self.bind(backbone)
+        self.weights = text.weights(self.config.templates).to(self.weights)
 
     def bind(self, backbone) -> None:
         object.__setattr__(self, "_backbone", backbone)
