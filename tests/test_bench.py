@@ -321,3 +321,25 @@ def test_an_unreachable_ray_address_is_a_clear_error(tmp_path, bench_root, monke
         and "Cannot reach the Ray cluster" in " ".join(err.split())
         and not (tmp_path / "out").exists()
     )
+
+
+SHIPPED = {  # spec -> runs: the papers' grids
+    "coop-fewshot.yaml": 11 * (1 + 3 * 5 * 3),
+    "cache-models-fewshot.yaml": 2 * 11 * (1 + 9 * 5 * 3),
+    "base-to-new.yaml": 11 * (1 + 7 * 3),
+    "cross-dataset.yaml": 1 + 4 * 3,
+    "domain-generalisation.yaml": 1 + 7 * 3,
+    "demo.yaml": 6 * (1 + 12 * 3),
+}
+
+
+@pytest.mark.parametrize(("name", "runs"), SHIPPED.items())
+def test_shipped_specs_are_valid_and_expand_to_the_papers_grids(name, runs, tmp_path, monkeypatch):
+    from importlib.resources import files
+
+    from vlpeft.bench import load_spec
+
+    monkeypatch.setenv("DATA", str(tmp_path))
+    path = tmp_path / name
+    path.write_text((files("vlpeft.bench") / "specs" / name).read_text())
+    assert len(load_spec(path).runs()) == runs

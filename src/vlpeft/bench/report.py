@@ -78,7 +78,7 @@ class Table:
         if not self.mark_best:
             return None
         ours = self.mean.loc[[r for r in self.mean.index if r not in self.reported], col].dropna()
-        return None if ours.empty or len(self.mean.index) < 2 else str(ours.idxmax())
+        return None if len(ours) < 2 else str(ours.idxmax())  # one of ours alone is no contest
 
     def rows(self) -> list[tuple[str, list[tuple[str, bool]]]]:
         cols = list(self.mean.columns)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -228,7 +229,7 @@ def parse_spec(raw: Any, base: Path | None = None) -> BenchSpec:
 def _root(value: Any, base: Path | None) -> str | None:
     if value is None:
         return None
-    text = str(value)
+    text = os.path.expandvars(str(value))  # root: $DATA
     if text == WORLD_ROOT:
         return text
     path = Path(text).expanduser()
