@@ -343,3 +343,19 @@ def test_shipped_specs_are_valid_and_expand_to_the_papers_grids(name, runs, tmp_
     path = tmp_path / name
     path.write_text((files("vlpeft.bench") / "specs" / name).read_text())
     assert len(load_spec(path).runs()) == runs
+
+
+def test_worker_processes_land_the_same_results_and_encode_each_image_once(
+    tmp_path, bench_root, monkeypatch, capsys
+):
+    spec = few_shot_spec(tmp_path, bench_root)
+    code, text, _ = cli(monkeypatch, capsys, "bench", spec, "--out", tmp_path / "one")
+    one = int(re.search(r"([\d,]+) image-encoder forwards", " ".join(text.split())).group(1).replace(",", ""))
+    spec = few_shot_spec(tmp_path, bench_root, cache_dir=str(tmp_path / "cache2"))
+    code, text, err = cli(monkeypatch, capsys, "bench", spec, "--out", tmp_path / "two", "--jobs", "2")
+    assert code == 0, err
+    two = int(re.search(r"([\d,]+) image-encoder forwards", " ".join(text.split())).group(1).replace(",", ""))
+    assert two == one  # the workers wait for each other's extraction instead of repeating it
+    columns = ["method", "shots", "seed", "accuracy"]
+    a, b = (pd.read_csv(tmp_path / d / "results.csv")[columns].sort_values(columns) for d in ("one", "two"))
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))

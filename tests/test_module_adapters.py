@@ -368,3 +368,21 @@ def test_gradient_checkpointing_gives_the_same_gradients(backbone, world):
         assert active == (checkpointing == "true")
     for plain, checkpointed in zip(*grads, strict=True):
         torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=1e-5)
+
+
+def test_loading_factors_refreshes_the_cached_text_features_and_refuses_wrong_shapes(backbone, world):
+    from vlpeft.errors import ConfigError
+
+    method, data = make_method("lora", backbone, world, dropout="0", towers="text")
+    method.prepare(data)
+    method.eval()
+    with torch.no_grad():
+        before = method.text_features().clone()  # cached (frozen under no_grad)
+    state = {k: (v + 0.5 if "lora_B" in k else v) for k, v in method.adapter_state().items()}
+    method.load_adapter_state(state)
+    with torch.no_grad():
+        after = method.text_features()
+    assert not torch.allclose(before, after)  # the new factors' text features, not the stale cache
+    name = next(k for k in state if "lora_A" in k)
+    with pytest.raises(ConfigError, match="has shape"):
+        method.load_adapter_state({name: torch.zeros(state[name].shape[0] + 1, state[name].shape[1])})

@@ -229,3 +229,13 @@ def test_text_prompts_on_siglip(tiny_siglip):
     head.prepare(data)
     assert head.tokens.first_slot == 0 and bool((head.tokens.eot == siglip.context_length - 1).all())
     assert head.logits(data.val.view(0)).shape == (3, 3)
+
+
+def test_a_saved_tensor_of_another_shape_is_refused_by_name(backbone):
+    from vlpeft.errors import ConfigError
+
+    head = make_head("coop", backbone, n_ctx="4")
+    head.prepare(make_data(backbone))
+    with pytest.raises(ConfigError, match=r"'ctx' has shape \[7, .*expects \[4, "):
+        head.load_adapter_state({"ctx": torch.zeros(7, head.ctx.shape[1])})
+    assert head.ctx.shape[0] == 4

@@ -155,7 +155,8 @@ class Method(nn.Module):
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
 
     def load_adapter_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Set every tensor of ``state`` by name, creating or reshaping it as needed."""
+        """Set every tensor of ``state`` by name, creating those that do not exist yet (shapes of
+        existing ones must match: a context of another length is refused, not silently swapped in)."""
         for name, tensor in state.items():
             _set_tensor(self, name, tensor)
 
@@ -200,12 +201,23 @@ def _set_tensor(module: nn.Module, dotted: str, tensor: torch.Tensor) -> None:
     for part in path:
         module = getattr(module, part)
     current = getattr(module, leaf, None)
+    if isinstance(current, torch.Tensor):
+        check_shape(type(module).__name__, dotted, tuple(current.shape), tuple(tensor.shape))
     if isinstance(current, nn.Parameter):
         setattr(module, leaf, nn.Parameter(tensor.clone(), requires_grad=current.requires_grad))
     elif leaf in module._buffers or current is None:
         module.register_buffer(leaf, tensor.clone())
     else:
         raise ConfigError(f"Saved tensor '{dotted}' does not match an attribute of {type(module).__name__}.")
+
+
+def check_shape(owner: str, name: str, expected: tuple[int, ...], saved: tuple[int, ...]) -> None:
+    """Refuse a saved tensor whose shape differs from the tensor it would replace."""
+    if expected != saved:
+        raise ConfigError(
+            f"Saved tensor '{name}' has shape {list(saved)} but this {owner} expects {list(expected)}; "
+            "was it saved with other settings (n_ctx, rank, classes) or another backbone?"
+        )
 
 
 METHODS: Registry[type[Method]] = Registry("method")

@@ -22,7 +22,7 @@ from torch import nn
 from vlpeft.backbones.base import Backbone
 from vlpeft.data.templates import format_prompts
 from vlpeft.errors import ConfigError
-from vlpeft.methods.base import Method
+from vlpeft.methods.base import Method, check_shape
 from vlpeft.methods.configs import TrainedHeadConfig
 from vlpeft.methods.inputs import PixelData
 from vlpeft.training.loop import PRECISIONS
@@ -282,9 +282,12 @@ class ModuleAdapter(Method):
                 "was the run trained on another backbone architecture?"
             )
         own = self.state_dict(keep_vars=True)
+        for name, tensor in state.items():
+            check_shape(self.name, name, tuple(own[name].shape), tuple(tensor.shape))
         with torch.no_grad():
             for name, tensor in state.items():
                 own[name].copy_(tensor.to(own[name]))
+        self.__dict__["_frozen_text"] = None  # the text features of the old weights are stale
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.trainable_parameters())
