@@ -226,3 +226,15 @@ def test_logits_of_saved_run_match_the_reported_accuracy(tiny_clip, shapes_folde
         preds = head.logits(backbone.encode_image(pixels)).argmax(1)
     acc = float((preds == torch.tensor([d.label for d in test])).float().mean()) * 100
     assert acc == pytest.approx(result["metrics"]["accuracy"])
+
+
+def test_multi_term_losses_are_logged_per_epoch(tiny_clip, shapes_folder, tmp_path):
+    cfg = config(tiny_clip, shapes_folder, tmp_path, "kgcoop", overrides={"epochs": "3", "batch_size": "4"})
+    result = run_train(cfg, tmp_path / "run")
+    fit = result["fit"]
+    assert set(fit["loss_terms"]) == {"ce", "knowledge"} and len(fit["epoch_losses"]) == 3
+    for epoch in range(3):  # the terms add up to the loss the loop minimised
+        total = fit["loss_terms"]["ce"][epoch] + fit["loss_terms"]["knowledge"][epoch]
+        assert total == pytest.approx(fit["epoch_losses"][epoch], rel=1e-4)
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "epoch 3/3: loss" in log and "knowledge" in log

@@ -279,7 +279,7 @@ def run_grid(
     todo = [r for r in runs if not is_done(out, r)]
     report.skipped = [r.key for r in runs if r not in todo]
     start = time.perf_counter()
-    with _progress(len(runs), len(report.skipped)) as advance:
+    with _progress(len(runs), len(report.skipped)) as advance, _quiet_console():
         if ray is not None:
             results = _ray_results(ray, todo, settings, spec)
         elif jobs > 1:
@@ -337,6 +337,24 @@ def _progress(total: int, skipped: int):
             bar.update(task, advance=1, description=text())
 
         yield advance
+
+
+@contextlib.contextmanager
+def _quiet_console() -> Iterator[None]:
+    """During a grid the console shows the bar and warnings; each run's log.txt keeps every line."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        chatty = record.name.startswith(("vlpeft.engine", "vlpeft.training", "vlpeft.features"))
+        return record.levelno >= logging.WARNING or not chatty
+
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(keep)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(keep)
 
 
 def _init_worker(threads: int) -> None:

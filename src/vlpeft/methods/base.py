@@ -149,6 +149,15 @@ class Method(nn.Module):
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.trainable_parameters())
 
+    # ---- loss terms, for the training log ------------------------------------------------------
+    def record_terms(self, **terms: torch.Tensor) -> None:
+        """Remember the parts of the last loss, as they enter it (weighted), for the epoch log."""
+        self.__dict__["_loss_terms"] = {k: float(v.detach()) for k, v in terms.items()}
+
+    def pop_loss_terms(self) -> dict[str, float]:
+        """The terms of the last loss (empty for single-term losses); the loops read them per step."""
+        return self.__dict__.pop("_loss_terms", {})
+
     # ---- saving and loading -------------------------------------------------------------------
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """Everything learned or cached, by name (the module's state dict)."""

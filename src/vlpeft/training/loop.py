@@ -69,6 +69,7 @@ class TrainableHead(Protocol):
     def logits(self, features: torch.Tensor) -> torch.Tensor: ...
     def backward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
     def on_epoch_end(self, epoch: int) -> None: ...
+    def pop_loss_terms(self) -> dict[str, float]: ...
     def train(self, mode: bool = True) -> Any: ...
     def eval(self) -> Any: ...
     def state_dict(self) -> dict[str, Any]: ...
@@ -127,18 +128,17 @@ def train_head(head: TrainableHead, data: HeadInputs, cfg: Recipe) -> dict[str, 
     total, step = cfg.epochs * iters, 0
     select = cfg.select_on_val and data.val is not None
     best: dict[str, Any] = {"val_accuracy": -1.0, "epoch": None, "state": None}
-    losses = []
+    log = EpochLog(type(head).__name__, cfg.epochs)
     head.train()
     for epoch in range(cfg.epochs):
-        epoch_loss = 0.0
         for view_idx, img_idx in _batches(data, cfg, generator):
             set_lr(optimizer, lr_for(cfg, epoch, step, total))
             optimizer.zero_grad(set_to_none=True)
             loss = head.backward(feats[view_idx, img_idx], labels[img_idx])
             optimizer.step()
             step += 1
-            epoch_loss += loss.item()
-        losses.append(epoch_loss / iters)
+            log.add(loss.item(), head.pop_loss_terms())
+        log.end_epoch(epoch, optimizer.param_groups[0]["lr"])
         head.on_epoch_end(epoch)
         if select:
             _keep_if_best(head, data, epoch, best)
@@ -148,8 +148,7 @@ def train_head(head: TrainableHead, data: HeadInputs, cfg: Recipe) -> dict[str, 
     return {
         "epochs": cfg.epochs,
         "steps": step,
-        "first_loss": losses[0],
-        "last_loss": losses[-1],
+        **log.report(),
         "selected_epoch": best["epoch"] if select else cfg.epochs - 1,
         "val_accuracy": best["val_accuracy"] if select else None,
     }
@@ -204,18 +203,18 @@ def train_on_pixels(
     iters = iterations_per_epoch(n, cfg.batch_size, cfg.batches_per_epoch)
     total = max_steps if max_steps is not None else cfg.epochs * iters
     epochs = math.ceil(total / iters)
-    step, losses = 0, []
+    step = 0
     spec = AugmentSpec(scale=cfg.aug_scale, seed=data.seed)
     backbone = method.backbone
     precision = resolve_precision(getattr(cfg, "precision", "fp32"), backbone.device)
     autocast = autocast_context(precision, backbone.device)
     scaler = torch.amp.GradScaler(backbone.device.type, enabled=precision == "fp16")
     accumulate, clip = getattr(cfg, "accumulate", 1), getattr(cfg, "grad_clip", 0.0)
+    log = EpochLog(type(method).__name__, epochs)
     method.train()
     for epoch in range(epochs):
         images = _AugmentedImages(data.train, AugmentedView(backbone.preprocess, spec, epoch))
         order = torch.randperm(n, generator=generator)
-        epoch_loss, epoch_steps = 0.0, 0
         for it in range(iters):
             if step >= total:
                 break
@@ -223,11 +222,15 @@ def train_on_pixels(
             set_lr(optimizer, lr_for(cfg, epoch, step, total))
             optimizer.zero_grad(set_to_none=True)
             scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+            step_loss, step_terms = 0.0, {}
             for micro in my_micro_batches(batch, accumulate):
                 pixels, labels = _collate([images[i] for i in micro], backbone)
+                share = len(micro) / len(batch)
                 with autocast:
-                    weighted = method.backward(pixels, labels, scale * len(micro) / len(batch))
-                epoch_loss += weighted.item() / scale
+                    weighted = method.backward(pixels, labels, scale * share)
+                step_loss += weighted.item() / scale
+                for k, v in method.pop_loss_terms().items():
+                    step_terms[k] = step_terms.get(k, 0.0) + v * share
             sum_gradients(params)
             scaler.unscale_(optimizer)
             if clip > 0:
@@ -235,12 +238,48 @@ def train_on_pixels(
             scaler.step(optimizer)
             scaler.update()
             step += 1
-            epoch_steps += 1
-        losses.append(epoch_loss / max(epoch_steps, 1))
+            log.add(step_loss, step_terms)
+        log.end_epoch(epoch, optimizer.param_groups[0]["lr"])
         method.on_epoch_end(epoch)
     method.on_fit_end()
     method.eval()
-    return {"epochs": epochs, "steps": step, "first_loss": losses[0], "last_loss": losses[-1]}
+    return {"epochs": epochs, "steps": step, **log.report()}
+
+
+class EpochLog:
+    """Per-epoch means of the loss and of each loss term; one log line per epoch."""
+
+    def __init__(self, name: str, epochs: int):
+        self.name, self.epochs = name, epochs
+        self.losses: list[float] = []
+        self.terms: dict[str, list[float]] = {}
+        self._sum, self._terms, self._steps = 0.0, {}, 0
+
+    def add(self, loss: float, terms: dict[str, float]) -> None:
+        self._sum += loss
+        self._steps += 1
+        for k, v in terms.items():
+            self._terms[k] = self._terms.get(k, 0.0) + v
+
+    def end_epoch(self, epoch: int, lr: float) -> None:
+        steps = max(self._steps, 1)
+        self.losses.append(self._sum / steps)
+        for k, v in self._terms.items():
+            self.terms.setdefault(k, []).append(v / steps)
+        parts = ", ".join(f"{k} {v[-1]:.4f}" for k, v in self.terms.items())
+        logger.info(
+            "%s epoch %d/%d: loss %.4f%s, lr %.3g",
+            self.name, epoch + 1, self.epochs, self.losses[-1], f" ({parts})" if parts else "", lr,
+        )  # fmt: skip
+        self._sum, self._terms, self._steps = 0.0, {}, 0
+
+    def report(self) -> dict[str, Any]:
+        """``first_loss``, ``last_loss``, ``epoch_losses`` and, for multi-term losses, ``loss_terms``."""
+        out: dict[str, Any] = {"first_loss": self.losses[0], "last_loss": self.losses[-1]}
+        out["epoch_losses"] = [round(v, 6) for v in self.losses]
+        if self.terms:
+            out["loss_terms"] = {k: [round(x, 6) for x in v] for k, v in self.terms.items()}
+        return out
 
 
 def _collate(batch, backbone) -> tuple[torch.Tensor, torch.Tensor]:

@@ -88,4 +88,9 @@ class FLYP(ModuleAdapter):
         text = F.normalize(model.encode_text(model.tokenize(captions)).float(), dim=-1)
         logits = model.logit_scale.float() * self.image_features(pixels) @ text.t()  # (B, B)
         target = torch.arange(len(labels), device=logits.device)
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        image_to_text, text_to_image = (
+            F.cross_entropy(logits, target) / 2,
+            F.cross_entropy(logits.t(), target) / 2,
+        )
+        self.record_terms(image_to_text=image_to_text, text_to_image=text_to_image)
+        return image_to_text + text_to_image

@@ -90,7 +90,9 @@ class ZSLP(FeatureHead):
         if self.config.constraint == "none":
             return ce
         distance = (self.prototypes - self.text).pow(2).sum(dim=-1)  # ||w_c - t_c||^2 on raw vectors
-        return ce + (self.penalty_weights * distance).mean()
+        constraint = (self.penalty_weights * distance).mean()
+        self.record_terms(ce=ce, constraint=constraint)
+        return ce + constraint
 
 
 @dataclass

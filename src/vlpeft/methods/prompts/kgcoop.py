@@ -50,4 +50,6 @@ class KgCoOp(PromptHead):
     def loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         text = self.text_features()
         logits = self.logit_scale * F.normalize(features, dim=-1) @ text.t()
-        return F.cross_entropy(logits, labels) + self.config.weight * self.knowledge_loss(text)
+        ce, knowledge = F.cross_entropy(logits, labels), self.config.weight * self.knowledge_loss(text)
+        self.record_terms(ce=ce, knowledge=knowledge)
+        return ce + knowledge

@@ -74,6 +74,7 @@ class ProGrad(PromptHead):
         g_ce = torch.autograd.grad(ce, params)
         for p, gc, gk in zip(params, g_ce, g_kd, strict=True):
             p.grad = project_gradient(gc, gk, self.config.projection_weight)
+        self.record_terms(ce=ce, kd=kd)
         return ce.detach()
 
 

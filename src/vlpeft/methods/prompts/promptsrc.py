@@ -84,6 +84,7 @@ class PromptSRC(MultimodalPrompts):
         )
         text_l1 = F.l1_loss(text, self.frozen_text) * self.config.text_loss_weight
         image_l1 = F.l1_loss(image, frozen_image) * self.config.image_loss_weight
+        self.record_terms(ce=ce, kl=kl, text_l1=text_l1, image_l1=image_l1)
         return ce + kl + text_l1 + image_l1
 
     def on_epoch_end(self, epoch: int) -> None:
