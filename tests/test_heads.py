@@ -259,7 +259,8 @@ def test_lpp_step_sizes_and_alpha_init_by_hand():
     assert lr_alpha == pytest.approx(n / (4 * ((feats @ text.T) ** 2).sum(0).max()), rel=1e-5)
     labels = data.train.labels.numpy()
     cos = feats @ text.T
-    alpha0 = 250 * np.mean([cos[labels == c].mean(0) for c in range(4)])
+    # official calculate_init_alpha: each sample's score with its own class (one-hot mask), per class mean
+    alpha0 = 250 * np.mean([cos[labels == c, c].mean() for c in range(4)])
     assert head.alpha[0].item() == pytest.approx(alpha0, rel=1e-5) and bool(
         (head.alpha == head.alpha[0]).all()
     )

@@ -37,7 +37,8 @@ class LPPP(FeatureHead):
     https://arxiv.org/abs/2404.02285; official code FereshteShakeri/FewShot-CLIP-Strong-Baseline.
     We follow the code: W starts at the per-class *sums* of the normalised support features,
     b at PyTorch's default ``nn.Linear`` bias init, alpha (one value per class) at
-    ``250 * mean_{c,k} mean_{i in c} f_i·t_k``; W and b take SGD steps of
+    ``250 * mean_c mean_{i in c} f_i·t_c`` (each support sample's score with its own class:
+    ``calculate_init_alpha`` with ``compute_centroids_alpha``); W and b take SGD steps of
     ``4N / lambda_max(F^T F)`` with momentum 0.9, alpha takes a plain step of
     ``N / (4 max_k ||F t_k||^2)`` every 10 iterations using its gradient accumulated since the
     start (the paper's block-MM update uses the current gradient: ``accumulate_alpha_grad=false``).
@@ -65,7 +66,9 @@ class LPPP(FeatureHead):
             self.linear.weight.copy_(torch.zeros_like(text).index_add_(0, labels, feats))  # class sums
         self.register_buffer("text", text)
         per_class = _class_means(feats @ text.t(), labels, data.num_classes)  # (C, C): A[c, k]
-        alpha0 = self.config.alpha_init_scale * per_class.mean()
+        # methods/utils.py compute_centroids_alpha masks the scores with the one-hot labels: each
+        # sample counts only its own class's text score, so alpha_0 = 250 * mean_c A[c, c].
+        alpha0 = self.config.alpha_init_scale * per_class.diagonal().mean()
         self.alpha = nn.Parameter(torch.full((data.num_classes,), float(alpha0)))
 
     def step_sizes(self, feats: torch.Tensor) -> tuple[float, float]:
