@@ -20,20 +20,120 @@ from vlpeft.methods.heads.tip_adapter import TipTrainingRecipe, cache_logits, se
 from vlpeft.methods.inputs import HeadData, TrainViews
 from vlpeft.training.loop import train_head
 
-# yangyangyang127/APE configs/<dataset>.yaml: init_alpha, search_scale (beta, alpha, gamma), gamma
-# steps, training_free_feat_num, w_training_free; APE-T: lr, eps, train_epoch, training_feat_num.
+# yangyangyang127/APE configs/<dataset>.yaml (commit 70460de): init_alpha/beta/gamma, search_scale and
+# search_step (beta, alpha, gamma: 200, 20, 20 on every dataset but ImageNet's 200, 20, 5),
+# training_free_feat_num, w_training_free; APE-T: lr, eps, train_epoch, training_feat_num.
 APE_PRESETS: dict[str, dict[str, Any]] = {
-    "ImageNet": dict(init_alpha=2.0, search_scale=(7.0, 7.0, 0.5), gamma_steps=5, feat_num=500, w=(0.7, 0.3)),
-    "Caltech101": dict(init_alpha=1.0, search_scale=(7.0, 7.0, 1.0), feat_num=800, w=(0.5, 0.5)),
-    "DescribableTextures": dict(init_alpha=3.0, search_scale=(7.0, 7.0, 1.0), feat_num=400, w=(0.5, 0.5)),
-    "EuroSAT": dict(init_alpha=1.0, search_scale=(30.0, 5.0, 1.5), feat_num=700, w=(0.9, 0.1)),
-    "FGVCAircraft": dict(init_alpha=5.0, search_scale=(20.0, 10.0, 1.0), feat_num=800, w=(0.1, 0.9)),
-    "Food101": dict(init_alpha=0.8, search_scale=(7.0, 7.0, 1.0), feat_num=700, w=(0.3, 0.7)),
-    "OxfordFlowers": dict(init_alpha=3.0, search_scale=(7.0, 7.0, 1.0), feat_num=700, w=(0.4, 0.6)),
-    "OxfordPets": dict(init_alpha=2.0, search_scale=(7.0, 7.0, 1.0), feat_num=800, w=(0.7, 0.3)),
-    "StanfordCars": dict(init_alpha=1.0, search_scale=(10.0, 7.0, 1.0), feat_num=500, w=(0.6, 0.4)),
-    "SUN397": dict(init_alpha=1.0, search_scale=(10.0, 7.0, 1.0), feat_num=800, w=(0.7, 0.3)),
-    "UCF101": dict(init_alpha=2.0, search_scale=(10.0, 7.0, 1.5), feat_num=700, w=(0.3, 0.7)),
+    "ImageNet": dict(
+        init_alpha=2.0,
+        init_beta=1.0,
+        init_gamma=0.1,
+        search_scale=(7.0, 7.0, 0.5),
+        search_step=(200, 20),
+        gamma_steps=5,
+        feat_num=500,
+        w=(0.7, 0.3),
+    ),
+    "Caltech101": dict(
+        init_alpha=1.0,
+        init_beta=1.0,
+        init_gamma=0.1,
+        search_scale=(7.0, 7.0, 1.0),
+        search_step=(200, 20),
+        gamma_steps=20,
+        feat_num=800,
+        w=(0.5, 0.5),
+    ),
+    "OxfordPets": dict(
+        init_alpha=2.0,
+        init_beta=1.0,
+        init_gamma=0.1,
+        search_scale=(7.0, 7.0, 1.0),
+        search_step=(200, 20),
+        gamma_steps=20,
+        feat_num=800,
+        w=(0.7, 0.3),
+    ),
+    "StanfordCars": dict(
+        init_alpha=1.0,
+        init_beta=1.0,
+        init_gamma=0.1,
+        search_scale=(10.0, 7.0, 1.0),
+        search_step=(200, 20),
+        gamma_steps=20,
+        feat_num=500,
+        w=(0.6, 0.4),
+    ),
+    "OxfordFlowers": dict(
+        init_alpha=3.0,
+        init_beta=1.0,
+        init_gamma=0.1,
+        search_scale=(7.0, 7.0, 1.0),
+        search_step=(200, 20),
+        gamma_steps=20,
+        feat_num=700,
+        w=(0.4, 0.6),
+    ),
+    "Food101": dict(
+        init_alpha=0.8,
+        init_beta=1.0,
+        init_gamma=0.1,
+        search_scale=(7.0, 7.0, 1.0),
+        search_step=(200, 20),
+        gamma_steps=20,
+        feat_num=700,
+        w=(0.3, 0.7),
+    ),
+    "FGVCAircraft": dict(
+        init_alpha=5.0,
+        init_beta=1.0,
+        init_gamma=0.1,
+        search_scale=(20.0, 10.0, 1.0),
+        search_step=(200, 20),
+        gamma_steps=20,
+        feat_num=800,
+        w=(0.1, 0.9),
+    ),
+    "SUN397": dict(
+        init_alpha=1.0,
+        init_beta=1.0,
+        init_gamma=0.1,
+        search_scale=(10.0, 7.0, 1.0),
+        search_step=(200, 20),
+        gamma_steps=20,
+        feat_num=800,
+        w=(0.7, 0.3),
+    ),
+    "DescribableTextures": dict(
+        init_alpha=3.0,
+        init_beta=1.0,
+        init_gamma=0.1,
+        search_scale=(7.0, 7.0, 1.0),
+        search_step=(200, 20),
+        gamma_steps=20,
+        feat_num=400,
+        w=(0.5, 0.5),
+    ),
+    "EuroSAT": dict(
+        init_alpha=1.0,
+        init_beta=1.0,
+        init_gamma=0.1,
+        search_scale=(30.0, 5.0, 1.5),
+        search_step=(200, 20),
+        gamma_steps=20,
+        feat_num=700,
+        w=(0.9, 0.1),
+    ),
+    "UCF101": dict(
+        init_alpha=2.0,
+        init_beta=1.0,
+        init_gamma=0.1,
+        search_scale=(10.0, 7.0, 1.5),
+        search_step=(200, 20),
+        gamma_steps=20,
+        feat_num=700,
+        w=(0.3, 0.7),
+    ),
 }
 APE_T_PRESETS: dict[str, dict[str, Any]] = {
     "ImageNet": dict(lr=1e-4, eps=1e-3, epochs=20, feat_num=500),
@@ -87,7 +187,7 @@ class APEConfig(HeadConfig):
     init_gamma: float = 0.1
     search_scale: tuple[float, float, float] = (7.0, 7.0, 0.5)  # (beta, alpha, gamma)
     search_step: tuple[int, int] = (200, 20)  # (beta, alpha)
-    gamma_steps: int = 5
+    gamma_steps: int = 5  # search_step[2]: 5 in imagenet.yaml, 20 in the ten other configs
     clip_scale: float = 100.0
 
     def __post_init__(self) -> None:
