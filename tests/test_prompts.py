@@ -239,3 +239,30 @@ def test_a_saved_tensor_of_another_shape_is_refused_by_name(backbone):
     with pytest.raises(ConfigError, match=r"'ctx' has shape \[7, .*expects \[4, "):
         head.load_adapter_state({"ctx": torch.zeros(7, head.ctx.shape[1])})
     assert head.ctx.shape[0] == 4
+
+
+def test_prograd_uses_its_own_templates_and_counts_words_as_the_code(backbone):
+    """OxfordPets: "a type of pet, a photo of a {}." -> 8 words, 9 BPE tokens: 8 zeros, the first 8
+    token embeddings learned, "a" fixed before the class name; the teacher uses the same template."""
+    data = make_data(backbone, template="a photo of a {}, a type of pet.")  # CoOp's OxfordPets template
+    data.dataset = "OxfordPets"
+    head = make_head("prograd", backbone)
+    head.prepare(data)
+    ids = backbone.tokenizer("a type of pet, a photo of a", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 9 and head.config.ctx_init == "a type of pet, a photo of a"
+    torch.testing.assert_close(head.ctx[8:], backbone.token_embedding(torch.tensor(ids[:8])))
+    assert torch.count_nonzero(head.ctx[:8]) == 0 and head.tokens.fixed_words == "a"
+    # the prompt is the code's "X X X X X X X X a type of pet, a photo of a <name>." with the X's and
+    # the first 8 phrase tokens replaced by the context: 1 + 16 + 1 + name + "." tokens up to EOT
+    name_ids = backbone.tokenizer("dog.", add_special_tokens=False)["input_ids"]
+    assert int(head.tokens.eot[0]) == 1 + 16 + 1 + len(name_ids)
+    teacher = data.text.template_weights(["a type of pet, a photo of a {}."])
+    torch.testing.assert_close(head.zero_shot_weights, teacher)
+    assert get_method("prograd").preset("EuroSAT", 16) == {"projection_weight": 0.8}
+    assert get_method("prograd").preset("EuroSAT", 1) == {"epochs": 50}
+
+
+def test_prograd_without_an_init_phrase_starts_random_as_coop(backbone):
+    head = make_head("prograd", backbone, ctx_init="")
+    head.prepare(make_data(backbone))
+    assert head.ctx.std().item() == pytest.approx(0.02, rel=0.2) and head.tokens.fixed_words == ""

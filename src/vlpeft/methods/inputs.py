@@ -71,6 +71,12 @@ class ClassText:
                 counts[c] += len(prompts)
         return F.normalize(sums / counts[:, None], dim=-1)
 
+    def template_weights(self, templates: Sequence[str]) -> torch.Tensor:
+        """(C, D) classifier of the given templates (a method's own, e.g. ProGrad's teacher)."""
+        prompts = [p for t in templates for p in format_prompts(t, self.classnames)]
+        raw = self._encode(prompts).float().reshape(len(templates), len(self.classnames), -1)
+        return F.normalize(F.normalize(raw, dim=-1).mean(0), dim=-1)
+
     def raw_mean(self, kind: str = "default", add_dataset_template: bool = False) -> torch.Tensor:
         """(C, D) average of the *unnormalised* template embeddings (TaskRes, CLAP)."""
         return self.raw(kind, add_dataset_template).mean(0)

@@ -61,7 +61,14 @@ class PromptHead(FeatureHead):
             raise ConfigError(
                 "A class-specific context belongs to its classes; train a generic one for new classes."
             )
-        self.tokens = PromptTokens(backbone, classnames, self.ctx.shape[-2], self.config.class_token_position)
+        position = self.config.class_token_position
+        self.tokens = PromptTokens(
+            backbone, classnames, self.ctx.shape[-2], position, self.fixed_words(backbone)
+        )
+
+    def fixed_words(self, backbone: Backbone) -> str:
+        """Words kept as fixed tokens between the learned context and the class name (none for CoOp)."""
+        return ""
 
     @property
     def backbone(self) -> Backbone:
