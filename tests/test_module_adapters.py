@@ -386,3 +386,23 @@ def test_loading_factors_refreshes_the_cached_text_features_and_refuses_wrong_sh
     name = next(k for k in state if "lora_A" in k)
     with pytest.raises(ConfigError, match="has shape"):
         method.load_adapter_state({name: torch.zeros(state[name].shape[0] + 1, state[name].shape[1])})
+
+
+def test_logit_scale_is_the_checkpoints_or_a_fixed_number_as_clip_lora(backbone, world):
+    from vlpeft.errors import ConfigError
+
+    pixels = pixels_of(backbone, world.test)
+    learned, data = make_method("lora", backbone, world, dropout="0")
+    fixed, _ = make_method("lora", backbone, world, dropout="0", logit_scale="100")
+    torch.manual_seed(0)
+    learned.prepare(data)
+    torch.manual_seed(0)
+    fixed.prepare(data)
+    learned.eval(), fixed.eval()
+    with torch.no_grad():
+        ratio = fixed.logits(pixels) / learned.logits(pixels)
+    torch.testing.assert_close(ratio, torch.full_like(ratio, 100 / float(backbone.logit_scale)))
+    weight, _ = fixed.class_head()
+    torch.testing.assert_close(weight.norm(dim=-1), torch.full((len(NAMES),), 100.0))  # exported head too
+    with pytest.raises(ConfigError, match="logit_scale"):
+        make_method("lora", backbone, world, logit_scale="learned")

@@ -254,7 +254,7 @@ def test_prograd_uses_its_own_templates_and_counts_words_as_the_code(backbone):
     assert torch.count_nonzero(head.ctx[:8]) == 0 and head.tokens.fixed_words == "a"
     # the prompt is the code's "X X X X X X X X a type of pet, a photo of a <name>." with the X's and
     # the first 8 phrase tokens replaced by the context: 1 + 16 + 1 + name + "." tokens up to EOT
-    name_ids = backbone.tokenizer("dog.", add_special_tokens=False)["input_ids"]
+    name_ids = backbone.tokenizer(f"{NAMES[0]}.", add_special_tokens=False)["input_ids"]
     assert int(head.tokens.eot[0]) == 1 + 16 + 1 + len(name_ids)
     teacher = data.text.template_weights(["a type of pet, a photo of a {}."])
     torch.testing.assert_close(head.zero_shot_weights, teacher)

@@ -52,6 +52,10 @@ class ModuleAdapterConfig(TrainedHeadConfig):
     grad_checkpointing: bool = False
     accumulate: int = 1  # micro-batches per optimiser step (same global batch, less memory)
     grad_clip: float = 0.0  # max gradient norm; 0 = no clipping
+    # checkpoint: the model's learned scale | a number: a fixed scale. CLIP-LoRA multiplies cosines by a
+    # fixed 100 (main.py logit_scale = 100), which equals OpenAI CLIP's learned scale; set 100 to
+    # reproduce it on other checkpoints (SigLIP, OpenCLIP).
+    logit_scale: str = "checkpoint"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,6 +67,15 @@ class ModuleAdapterConfig(TrainedHeadConfig):
             raise ConfigError("accumulate must be at least 1 and iters_per_shot not negative.")
         if "{}" not in self.template:
             raise ConfigError(f"template must contain '{{}}' for the class name, got {self.template!r}.")
+        if self.logit_scale != "checkpoint":
+            try:
+                ok = float(self.logit_scale) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(
+                    f"logit_scale must be 'checkpoint' or a positive number, got {self.logit_scale!r}."
+                )
 
 
 def tower_of(name: str) -> str | None:
@@ -197,10 +210,16 @@ class ModuleAdapter(Method):
         pixels = pixels.to(self.backbone.device, self.backbone.dtype)
         return F.normalize(self.backbone.encode_image(pixels).float(), dim=-1)
 
+    def scale(self) -> torch.Tensor:
+        """The logit scale: the checkpoint's learned one, or the config's fixed number (CLIP-LoRA's 100)."""
+        if self.config.logit_scale == "checkpoint":
+            return self.backbone.logit_scale.float()
+        return torch.tensor(float(self.config.logit_scale), device=self.backbone.logit_scale.device)
+
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         model = self.backbone
         cosine = self.image_features(pixels) @ self.text_features().t()
-        return model.logit_scale.float() * cosine + model.logit_bias.float()
+        return self.scale() * cosine + model.logit_bias.float()
 
     def loss(self, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = self.logits(pixels)
@@ -247,7 +266,7 @@ class ModuleAdapter(Method):
     def class_head(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(C, D) weight and (C,) bias on normalised image features: the text head, scaled."""
         model = self.backbone
-        weight = model.logit_scale.float() * self.text_features()
+        weight = self.scale() * self.text_features()
         return weight, model.logit_bias.float().expand(len(weight)).clone()
 
     def export_model(self, merge: bool) -> nn.Module:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,12 @@ class KgCoOpConfig(PromptConfig):
     batch_size: int = 128
     epochs: int = 100
     weight: float = 8.0
+    # trainers/kgcoop.py CUSTOM_TEMPLATES: CoOp's templates except DescribableTextures (resolved in prepare)
+    teacher_template: str = "auto"
+
+
+# htyao89/KgCoOp trainers/kgcoop.py CUSTOM_TEMPLATES where they differ from CoOp's dataset templates.
+KGCOOP_TEMPLATES = {"DescribableTextures": "a photo of a {}, a type of texture."}
 
 
 @register_method
@@ -29,8 +35,11 @@ class KgCoOp(PromptHead):
 
     Yao et al., "Visual-Language Prompt Tuning with Knowledge-guided Context Optimization",
     CVPR 2023, https://arxiv.org/abs/2303.13283; official code htyao89/KgCoOp ``trainers/kgcoop.py``.
-    ``w^clip`` is zero-shot CLIP's embedding of the dataset's template. The code's
-    ``1 - cos`` equals half the paper's squared L2 distance of unit vectors.
+    ``w^clip`` is zero-shot CLIP's embedding of KgCoOp's template for the dataset (CoOp's, except
+    DescribableTextures: "a photo of a {}, a type of texture."). The code's ``1 - cos`` equals half
+    the paper's squared L2 distance of unit vectors. The code computes ``w^clip`` with a second CLIP
+    copy that is never cast to fp32 (fp16 on GPU); vlpeft computes it in fp32, which moves the
+    knowledge term by about 2e-4 on ViT-B/16.
 
     Example: ``vlpeft train --method kgcoop --set weight=8.0 ...``
     """
@@ -42,7 +51,11 @@ class KgCoOp(PromptHead):
 
     def prepare(self, data: HeadData) -> None:
         super().prepare(data)
-        self.register_buffer("clip_weights", data.text.weights("single"), persistent=False)
+        template = self.config.teacher_template
+        if template == "auto":
+            template = KGCOOP_TEMPLATES.get(data.dataset, data.text.dataset_template)
+            self.config = replace(self.config, teacher_template=template)  # resolved: saved with the run
+        self.register_buffer("clip_weights", data.text.template_weights([template]), persistent=False)
 
     def knowledge_loss(self, text: torch.Tensor) -> torch.Tensor:
         return 1 - F.cosine_similarity(text, self.clip_weights, dim=-1, eps=1e-7).mean()
