@@ -266,3 +266,19 @@ def test_prograd_without_an_init_phrase_starts_random_as_coop(backbone):
     head = make_head("prograd", backbone, ctx_init="")
     head.prepare(make_data(backbone))
     assert head.ctx.std().item() == pytest.approx(0.02, rel=0.2) and head.tokens.fixed_words == ""
+
+
+def test_plot_global_logits_pool_the_unnormalised_prompt_features_as_the_code(backbone):
+    import dataclasses
+
+    data = make_data(backbone, tokens=5)
+    head = make_head("plot", backbone)
+    torch.manual_seed(0)
+    head.prepare(data)
+    feats = data.val.view(0)
+    with torch.no_grad():
+        plain = head.logits(feats)
+        head.config = dataclasses.replace(head.config, add_global=True)
+        pooled = F.normalize(head.raw_text_features().mean(0), dim=-1)
+        expected = plain + head.logit_scale * F.normalize(feats[:, 0], dim=-1) @ pooled.t()
+        torch.testing.assert_close(head.logits(feats), expected)

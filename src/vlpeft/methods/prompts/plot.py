@@ -46,7 +46,9 @@ class PLOTConfig(PromptConfig):
     eps: float = 0.1
     max_iter: int = 100
     thresh: float = 1e-2
-    add_global: bool = False  # plot.py returns OT + global logits on ImageNet only
+    # plot.py computes the global logits too but returns the OT logits alone, on every dataset (the line
+    # that would add them, `# logits2 = (logits2 + logits)`, is commented out): True adds them.
+    add_global: bool = False
 
 
 @register_method
@@ -69,7 +71,6 @@ class PLOT(PromptHead):
     paper = "https://arxiv.org/abs/2210.01253"
     config_class = PLOTConfig
     uses_tokens = True
-    dataset_presets = {"ImageNet": {"add_global": True}}
 
     def export_parts(self, merge: bool = False):
         raise not_exportable(self.name, "optimal transport over local features")
@@ -97,23 +98,29 @@ class PLOT(PromptHead):
         self.attach(self.backbone, data.text.classnames)
         self.register_buffer("logit_scale", torch.tensor(float(data.logit_scale)))
 
-    def text_features(self, ctx: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, C, D) normalised embeddings of the N prompts of every class."""
+    def raw_text_features(self, ctx: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, C, D) unnormalised embeddings of the N prompts of every class."""
         ctx = self.ctx if ctx is None else ctx
         device = self.backbone.device
         embeds = torch.cat([self.tokens(c) for c in ctx]).to(device)  # (N*C, L, W), prompt-major
         eot = self.tokens.eot.repeat(len(ctx)).to(device)
-        feats = F.normalize(self.backbone.encode_text_embeddings(embeds, eot).float(), dim=-1).cpu()
+        feats = self.backbone.encode_text_embeddings(embeds, eot).float().cpu()
         return feats.view(len(ctx), -1, feats.shape[-1])
+
+    def text_features(self, ctx: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, C, D) normalised embeddings of the N prompts of every class."""
+        return F.normalize(self.raw_text_features(ctx), dim=-1)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """(B, T, D) token features -> (B, C) logits."""
         local = F.normalize(features[:, 1:] if self._skip_first else features, dim=-1)  # (B, M, D)
-        text = self.text_features()  # (N, C, D)
+        raw = self.raw_text_features()  # (N, C, D)
+        text = F.normalize(raw, dim=-1)
         sim = torch.einsum("bmd,ncd->bcmn", local, text)  # (B, C, M, N)
         plan = sinkhorn(1 - sim, self.config.eps, self.config.max_iter, self.config.thresh)
         logits = self.logit_scale * (plan * sim).sum(dim=(-2, -1))
         if self.config.add_global:
-            glob = F.normalize(features[:, 0], dim=-1) @ F.normalize(text.mean(0), dim=-1).t()
+            # the code pools the *unnormalised* prompt features: normalize(mean_n t_n)
+            glob = F.normalize(features[:, 0], dim=-1) @ F.normalize(raw.mean(0), dim=-1).t()
             logits = logits + self.logit_scale * glob
         return logits
