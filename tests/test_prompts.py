@@ -282,3 +282,10 @@ def test_plot_global_logits_pool_the_unnormalised_prompt_features_as_the_code(ba
         pooled = F.normalize(head.raw_text_features().mean(0), dim=-1)
         expected = plain + head.logit_scale * F.normalize(feats[:, 0], dim=-1) @ pooled.t()
         torch.testing.assert_close(head.logits(feats), expected)
+
+
+def test_plot_refuses_an_init_phrase_it_would_ignore(backbone):
+    from vlpeft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ctx_init is not supported"):
+        make_head("plot", backbone, ctx_init="a photo of a")

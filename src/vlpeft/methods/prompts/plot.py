@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlpeft.backbones.base import Backbone
+from vlpeft.errors import ConfigError
 from vlpeft.methods.base import not_exportable, register_method
 from vlpeft.methods.inputs import HeadData
 from vlpeft.methods.prompts.base import PromptConfig, PromptHead, coop_epochs
@@ -49,6 +50,14 @@ class PLOTConfig(PromptConfig):
     # plot.py computes the global logits too but returns the OT logits alone, on every dataset (the line
     # that would add them, `# logits2 = (logits2 + logits)`, is commented out): True adds them.
     add_global: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ctx_init:
+            raise ConfigError(
+                "plot initialises its prompts at random (N(0, 0.02)), as plot-coop's code does; ctx_init is "
+                f"not supported (got {self.ctx_init!r}). Leave it empty."
+            )
 
 
 @register_method
