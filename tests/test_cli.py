@@ -211,7 +211,7 @@ def test_prompt_presets_follow_the_official_scripts():
     assert get_method("coop").preset("OxfordPets", 1) == {"epochs": 50}
     assert get_method("coop").preset("OxfordPets", 4) == {"epochs": 100}
     assert get_method("coop").preset("OxfordPets", 16) == {}
-    assert get_method("plot").preset("ImageNet", 16) == {
+    assert get_method("plot-patches").preset("ImageNet", 16) == {
         "epochs": 50
     }  # no global logits: the code returns OT alone
     assert get_method("kgcoop").config_class().weight == 8.0

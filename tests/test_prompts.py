@@ -212,7 +212,7 @@ def test_plot_score_is_the_transported_similarity(backbone):
     from vlpeft.methods.prompts.plot import sinkhorn
 
     data = make_data(backbone, tokens=5)
-    head = make_head("plot", backbone)
+    head = make_head("plot-patches", backbone)
     head.prepare(data)
     feats = data.val.view(0)
     local = F.normalize(feats[:, 1:], dim=-1)
@@ -272,7 +272,7 @@ def test_plot_global_logits_pool_the_unnormalised_prompt_features_as_the_code(ba
     import dataclasses
 
     data = make_data(backbone, tokens=5)
-    head = make_head("plot", backbone)
+    head = make_head("plot-patches", backbone)
     torch.manual_seed(0)
     head.prepare(data)
     feats = data.val.view(0)
@@ -288,4 +288,15 @@ def test_plot_refuses_an_init_phrase_it_would_ignore(backbone):
     from vlpeft.errors import ConfigError
 
     with pytest.raises(ConfigError, match="ctx_init is not supported"):
-        make_head("plot", backbone, ctx_init="a photo of a")
+        make_head("plot-patches", backbone, ctx_init="a photo of a")
+
+
+def test_runs_saved_under_the_old_plot_name_load_as_plot_patches(backbone, tmp_path):
+    import json
+
+    head = make_head("plot-patches", backbone)
+    head.prepare(make_data(backbone, tokens=5))
+    head.save_adapter(tmp_path, {"num_classes": 3, "embed_dim": backbone.embed_dim})
+    meta = json.loads((tmp_path / "adapter_config.json").read_text())
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**meta, "method": "plot"}))
+    assert Method.from_saved(tmp_path).name == "plot-patches"

@@ -178,3 +178,66 @@ def test_train_and_base_to_new_run(backbone, world, tmp_path, tiny_clip):
         / max(new["base_to_new"]["base"] + new["base_to_new"]["new"], 1e-9)
     )
     assert math.isfinite(new["metrics"]["accuracy"])
+
+
+def test_plotpp_with_one_prompt_each_is_the_prompted_cosine_and_the_vision_stage_adds_the_global_logits(
+    backbone, world
+):
+    import dataclasses
+
+    method, data = make_method(
+        "plot++", backbone, world, n_prompts="1", n_vision_prompts="1", ctx_init="false"
+    )
+    method.prepare(data)
+    pixels = pixels_of(backbone, world.test)
+    with torch.no_grad():
+        image = F.normalize(method.raw_image_features(pixels)[0], dim=-1)  # the one prompted CLS feature
+        text = F.normalize(method.raw_text_features()[0], dim=-1)
+        cosine = method.logit_scale * image @ text.t()
+        torch.testing.assert_close(method.logits(pixels), cosine)  # a 1 x 1 plan is 1
+        method.config = dataclasses.replace(method.config, stages=("vision",))
+        torch.testing.assert_close(method.logits(pixels), 2 * cosine)  # OT + the global logits
+
+
+def test_plotpp_prompts_slice_the_phrase_tokens_as_the_code(backbone, world):
+    """k = the word count of the dataset's first phrase; prompt i's context starts as tokens 1..k of
+    "SOS <phrase i> EOT 0 ..." and the fixed rest is "SOS <phrase i> <class>. EOT 0 ..."[1 + k:], so a
+    phrase of other length keeps or loses tokens exactly as the code's ``embedding[:, 1 + n_ctx:]``."""
+    from vlpeft.methods.prompts.plotpp import PLOTPP_TEMPLATES
+
+    method, data = make_method("plot++", backbone, world)
+    data.dataset = "ImageNet"
+    method.prepare(data)
+    tok, k = backbone.tokenizer, len(PLOTPP_TEMPLATES["ImageNet"][0].split())
+
+    def ids(text: str) -> list[int]:
+        row = [tok.bos_token_id, *tok(text, add_special_tokens=False)["input_ids"], tok.eos_token_id]
+        return row + [0] * (backbone.context_length - len(row))
+
+    embed = backbone.token_embedding
+    with torch.no_grad():
+        for i, phrase in enumerate(PLOTPP_TEMPLATES["ImageNet"]):
+            torch.testing.assert_close(method.ctx[i], embed(torch.tensor(ids(phrase)[1 : 1 + k])).float())
+            row = i * len(world.classnames) + 1  # prompt i, class 1 (prompt-major)
+            full = ids(f"{phrase} {world.classnames[1]}.")
+            assert int(method.eot[row]) == full.index(tok.eos_token_id)
+            torch.testing.assert_close(method.token_suffix[row], embed(torch.tensor(full[1 + k :])).float())
+
+
+def test_plotpp_trains_the_vision_prompts_then_both(backbone, world):
+    torch.manual_seed(0)
+    vision_only, data = make_method("plot++", backbone, world, epochs="1", stages="vision")
+    report = vision_only.fit(data)
+    init, _ = make_method("plot++", backbone, world)
+    init.prepare(data)
+    torch.testing.assert_close(vision_only.ctx, init.ctx)  # text prompts fixed in the vision stage
+    assert not torch.allclose(vision_only.ctx_vision, init.ctx_vision) and list(report["stages"]) == [
+        "vision"
+    ]
+    both, _ = make_method("plot++", backbone, world, epochs="1")
+    report = both.fit(data)
+    assert list(report["stages"]) == ["vision", "joint"] and not torch.allclose(both.ctx, init.ctx)
+    assert (
+        both.stage == "joint"
+        and both.num_trainable_parameters() == both.ctx.numel() + both.ctx_vision.numel()
+    )

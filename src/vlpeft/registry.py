@@ -19,8 +19,9 @@ T = TypeVar("T")
 
 
 def normalize_name(name: str) -> str:
-    """Lower-case ``name`` and drop everything but letters and digits."""
-    return re.sub(r"[^a-z0-9]", "", name.lower())
+    """Lower-case ``name`` and drop everything but letters and digits; a "+" counts as "p", so
+    ``plot++`` (also found as ``plotpp``) stays apart from ``plot``."""
+    return re.sub(r"[^a-z0-9]", "", name.lower().replace("+", "p"))
 
 
 def closest_name(name: str, choices: list[str]) -> str | None:

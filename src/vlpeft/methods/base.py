@@ -27,6 +27,8 @@ from vlpeft.registry import Registry, unknown_name_message
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+# Methods renamed since runs were saved under the old name: saved runs still load.
+RENAMED = {"plot": "plot-patches"}
 
 
 @dataclasses.dataclass
@@ -180,7 +182,7 @@ class Method(nn.Module):
     def from_saved(cls, directory: str | Path) -> Method:
         """Rebuild a saved method from ``adapter_config.json`` + ``adapter.safetensors``."""
         meta = json.loads((Path(directory) / ADAPTER_CONFIG).read_text())
-        method_cls = get_method(meta["method"])
+        method_cls = get_method(RENAMED.get(meta["method"], meta["method"]))
         method = method_cls(method_cls.config_class.from_dict(meta["config"]))
         method.before_load(meta)
         method.load_adapter_state(load_file(str(Path(directory) / ADAPTER_WEIGHTS)))

@@ -1,4 +1,6 @@
-"""PLOT: several learned prompts per class matched to local image features by optimal transport."""
+"""PLOT on a ViT's patch tokens: several learned prompts per class matched to the patch features by
+optimal transport (``plot-patches``). Official PLOT uses ResNet feature-map locals and official PLOT++
+(``plot++``, :mod:`vlpeft.methods.prompts.plotpp`) prompted CLS features; this variant is neither."""
 
 from __future__ import annotations
 
@@ -62,21 +64,22 @@ class PLOTConfig(PromptConfig):
 
 @register_method
 class PLOT(PromptHead):
-    """PLOT: N prompts per class; the class score is the OT similarity between prompts and local features.
+    """PLOT over a ViT's patch tokens: the class score is the OT similarity between N prompts and the patches.
 
     Chen et al., "PLOT: Prompt Learning with Optimal Transport for Vision-Language Models", ICLR 2023,
     https://arxiv.org/abs/2210.01253; official code CHENGY12/PLOT ``plot-coop/trainers/plot.py``.
     Cost ``1 - cos(local feature m, prompt n)``; Sinkhorn (eps 0.1, <=100 iterations, uniform
     marginals) under no_grad; score ``sum_mn T_mn cos_mn``; logits ``logit_scale * score``. The
-    official code is RN50-only (its local features are the attention-pool's 7x7 outputs; PLOT++
-    uses prompt-conditioned CLS tokens); here the local features are a ViT's patch tokens after the
-    final layer norm and projection, cached like any feature. Epochs: 50 for 1 shot, 100 for 2-4,
-    200 for 8-16 (train.py).
+    official code is RN50-only (its local features are the attention-pool's 7x7 outputs) and its ViT
+    version is PLOT++ (``plot++``: prompt-conditioned CLS features); here the local features are a
+    ViT's patch tokens after the final layer norm and projection, cached like any feature — a
+    variant of our own, named for what it is. Epochs: 50 for 1 shot, 100 for 2-4, 200 for 8-16
+    (train.py). Runs saved under the old name ``plot`` load as this method.
 
-    Example: ``vlpeft train --method plot --shots 16 ...``
+    Example: ``vlpeft train --method plot-patches --shots 16 ...``
     """
 
-    name = "plot"
+    name = "plot-patches"
     paper = "https://arxiv.org/abs/2210.01253"
     config_class = PLOTConfig
     uses_tokens = True
