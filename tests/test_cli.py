@@ -215,3 +215,47 @@ def test_prompt_presets_follow_the_official_scripts():
         "epochs": 50
     }  # no global logits: the code returns OT alone
     assert get_method("kgcoop").config_class().weight == 8.0
+
+
+def test_an_unexpected_error_is_one_line_with_the_traceback_in_a_file(monkeypatch, capsys, tmp_path):
+    import vlpeft.backbones
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(vlpeft.backbones, "init_tiny", broken)
+    monkeypatch.setenv("VLPEFT_CACHE_DIR", str(tmp_path / "cache"))
+    code, _, err = run_main(monkeypatch, capsys, "models", "init-tiny", tmp_path / "m")
+    text = " ".join(err.split())
+    assert code == 1 and "unexpected RuntimeError: simulated bug" in text and "Traceback" not in err
+    logs = list((tmp_path / "cache" / "logs").glob("error-*.txt"))
+    assert len(logs) == 1 and "Traceback" in logs[0].read_text() and str(logs[0]) in text.replace(" ", "")
+    code, _, err = run_main(monkeypatch, capsys, "--debug", "models", "init-tiny", tmp_path / "m")
+    assert code == 1 and "Traceback" in err and "simulated bug" in err
+
+
+def test_mps_without_metal_is_a_clear_error(monkeypatch):
+    import torch
+
+    from vlpeft.errors import ConfigError
+    from vlpeft.utils import resolve_device
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="mps was requested"):
+        resolve_device("mps")
+
+
+def test_atomic_writes_honour_the_umask(tmp_path):
+    import os
+
+    from vlpeft.io import atomic_directory, write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "a.json", "{}")
+        with atomic_directory(tmp_path / "d") as tmp:
+            (tmp / "x").write_text("1")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

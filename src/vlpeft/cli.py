@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -95,8 +96,12 @@ def main_options(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an unexpected error on the terminal.")
+    ] = False,
 ) -> None:
     """Set up logging for every command."""
+    _STATE["debug"] = debug
     from rich.logging import RichHandler
 
     from vlpeft.utils import set_progress
@@ -605,8 +610,12 @@ def demo_command(
     )
 
 
+_STATE = {"debug": False}
+
+
 def main() -> None:
-    """Entry point: user errors print one clear message and exit with status 2."""
+    """Entry point: user errors print one clear message and exit with status 2; anything unexpected
+    prints one line naming where its traceback was written (``--debug`` shows it) and exits with 1."""
     try:
         app()
     except VlpeftError as err:
@@ -615,6 +624,36 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    except Exception as err:  # the safety net: no traceback on the terminal unless --debug
+        import traceback
+
+        text = traceback.format_exc()
+        where = _write_crash_log(text)
+        if _STATE["debug"]:
+            err_console.print(text, markup=False, highlight=False)
+        hint = f"the traceback is in {where}" if where else "rerun with --debug for the traceback"
+        err_console.print(
+            f"[bold red]error:[/bold red] unexpected {type(err).__name__}: {err} ({hint}; "
+            "--debug shows it here). If this looks like a bug in vlpeft, please report it with that file.",
+            markup=True,
+            highlight=False,
+        )
+        sys.exit(1)
+
+
+def _write_crash_log(text: str) -> str | None:
+    """The traceback of an unexpected error, in the cache's logs/ folder; None if it cannot be written."""
+    import time
+
+    from vlpeft.features import default_cache_dir
+    from vlpeft.io import write_text_atomic
+
+    path = default_cache_dir() / "logs" / f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    try:
+        write_text_atomic(path, " ".join(sys.argv) + "\n\n" + text)
+    except OSError:
+        return None
+    return str(path)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,11 @@ def run_log(out: str | Path | None) -> Iterator[None]:
     logger.setLevel(min(previous or logging.INFO, logging.INFO))
     try:
         yield
+    except BaseException:  # the run's log keeps the traceback (the terminal shows one line)
+        import traceback
+
+        handler.stream.write(traceback.format_exc())
+        raise
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous)

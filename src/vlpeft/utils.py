@@ -29,6 +29,11 @@ def resolve_device(device: str = "auto") -> str:
         return "mps" if torch.backends.mps.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was requested but CUDA is not available; use --device cpu or auto.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            "--device mps was requested but Apple's Metal backend is not available on this machine; "
+            "use --device cpu or auto."
+        )
     return device
 
 
