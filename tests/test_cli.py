@@ -259,3 +259,14 @@ def test_atomic_writes_honour_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_an_unknown_setting_suggests_the_key_that_contains_it():
+    from vlpeft.errors import ConfigError
+    from vlpeft.methods import get_method
+
+    cls = get_method("lora")
+    with pytest.raises(ConfigError, match="Did you mean 'iters_per_shot'"):
+        cls.config_class().with_overrides({"iters": "3"})
+    with pytest.raises(ConfigError, match="Did you mean 'dropout'"):
+        cls.config_class().with_overrides({"dropuot": "0.1"})

@@ -35,8 +35,10 @@ app.add_typer(models_app, name="models")
 app.add_typer(methods_app, name="methods")
 app.add_typer(world_app, name="world")
 
-out_console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: long lines (markdown tables, messages) are never broken at the terminal's width (80 when
+# the output is not a terminal), so piped or logged output stays machine-readable.
+out_console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class Family(str, Enum):

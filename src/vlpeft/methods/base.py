@@ -68,6 +68,11 @@ class MethodConfig:
 
 
 def _did_you_mean(name: str, choices: list[str]) -> str:
+    """The closest key: one that starts with or contains ``name`` (``iters`` -> ``iters_per_shot``), else
+    the most similar spelling."""
+    within = sorted((c for c in choices if c.startswith(name) or name in c), key=len)
+    if within:
+        return f" (Did you mean '{within[0]}'?)"
     message = unknown_name_message("key", name, choices)
     return f" ({message.split('. ', 1)[1].split(' Available')[0]})" if "Did you mean" in message else ""
 
