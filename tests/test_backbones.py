@@ -193,3 +193,16 @@ def test_core_never_imports_torchvision_or_open_clip(tiny_clip):
         "bad = [m for m in ('torchvision', 'open_clip') if m in sys.modules]; sys.exit(bool(bad))"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_a_checkpoint_without_weights_is_a_clear_error(tiny_clip, tmp_path):
+    import shutil
+
+    from vlpeft.backbones import load_backbone
+    from vlpeft.errors import BackboneError
+
+    copy = tmp_path / "no-weights"
+    shutil.copytree(tiny_clip, copy)
+    (copy / "model.safetensors").unlink()
+    with pytest.raises(BackboneError, match="no weights"):
+        load_backbone(str(copy))

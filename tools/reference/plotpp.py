@@ -42,6 +42,8 @@ PROMPT_SEED = 0  # torch.manual_seed right before CustomCLIP (its first act: Mul
 N_IMAGES = 4
 LABELS = [0, 1, 2, 1]
 N_STEPS = 2
+# Dassl.pytorch's data pipeline imports these (not installed; never used here) on top of oc.MOCKED
+MOCKED = [*oc.MOCKED, "tabulate", "wilds"]
 
 
 class NS(SimpleNamespace):
@@ -167,7 +169,7 @@ def main():
 
     sys.path.insert(0, str(dassl_root))
     sys.path.insert(0, str(root / "plot-pp"))
-    with mockimports.mocked(oc.MOCKED):
+    with mockimports.mocked(MOCKED):
         clip_mod = importlib.import_module("clip.clip")
         model_mod = importlib.import_module("clip.model")
         st_mod = importlib.import_module("clip.simple_tokenizer")
@@ -334,7 +336,8 @@ def main():
             "scheduler; set_model_mode('train'); scaler None",
             "trade_off": "cfg TRADE_OFF False; logits_trade_off and grad_ctx_vision_trade_off set "
             "model.tradeoff = True (the attribute CustomCLIP.__init__ copies from the cfg) for that call only",
-            "tensorboard, gdown": "MagicMock import stubs (Dassl imports them; unused)",
+            "tensorboard, gdown, tabulate, wilds": "MagicMock import stubs (Dassl's engine and data "
+            "pipeline import them; unused)",
         },
         "settings": {
             "precision": "fp32 (PREC='fp32'), CPU, no autocast",

@@ -97,6 +97,19 @@ def _checked_local_dir(target: str) -> Path:
             "Save one with `model.save_pretrained(dir)` or create a tiny one with "
             "`vlpeft models init-tiny DIR`."
         )
+    weights = (
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+    )
+    if not any((path / f).is_file() for f in weights):
+        raise BackboneError(
+            f"'{path}' has a config.json but no weights (none of {list(weights)}). A loadable checkpoint "
+            "directory holds config.json, the weights (model.safetensors) and the tokenizer files, as "
+            "`model.save_pretrained(dir)` and `tokenizer.save_pretrained(dir)` write them; copy the missing "
+            "file from the original checkpoint."
+        )
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise BackboneError(
             f"'{path}' has no tokenizer files (one of {list(TOKENIZER_FILES)}). Copy the tokenizer files "
