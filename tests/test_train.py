@@ -238,3 +238,18 @@ def test_multi_term_losses_are_logged_per_epoch(tiny_clip, shapes_folder, tmp_pa
         assert total == pytest.approx(fit["epoch_losses"][epoch], rel=1e-4)
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "epoch 3/3: loss" in log and "knowledge" in log
+
+
+def test_an_early_error_leaves_no_run_directory_and_overwrite_starts_a_fresh_log(
+    tiny_clip, shapes_folder, tmp_path
+):
+    from vlpeft.errors import VlpeftError
+
+    with pytest.raises(VlpeftError):
+        run_train(config(tiny_clip, tmp_path / "missing", tmp_path), tmp_path / "early")
+    assert not (tmp_path / "early").exists()
+    cfg = config(tiny_clip, shapes_folder, tmp_path, "zero-shot")
+    run_train(cfg, tmp_path / "run")
+    first = (tmp_path / "run" / "log.txt").read_text()
+    run_train(cfg, tmp_path / "run", overwrite=True)
+    assert (tmp_path / "run" / "log.txt").read_text().count("zero-shot test accuracy") == 1 and first

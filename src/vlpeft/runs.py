@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import resource
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,13 +37,20 @@ def write_run(out: str | Path, config: dict, result: dict) -> Path:
 
 
 @contextlib.contextmanager
-def run_log(out: str | Path | None) -> Iterator[None]:
-    """Copy vlpeft's log records into ``out/log.txt`` for the duration of a run."""
+def run_log(out: str | Path | None, overwrite: bool = False) -> Iterator[None]:
+    """Copy vlpeft's log records into ``out/log.txt`` for the duration of a run.
+
+    ``overwrite`` starts a fresh log (a replaced result keeps no old lines). A run that fails before
+    writing anything but its log leaves no directory behind if it created it (the terminal says what
+    went wrong; an unexpected error's traceback goes to the cache's logs/ folder).
+    """
     if out is None:
         yield
         return
-    Path(out).mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(Path(out) / LOG_FILE, encoding="utf-8")
+    out = Path(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / LOG_FILE, mode="w" if overwrite else "a", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger("vlpeft")
     previous = logger.level
@@ -54,6 +62,10 @@ def run_log(out: str | Path | None) -> Iterator[None]:
         import traceback
 
         handler.stream.write(traceback.format_exc())
+        handler.flush()
+        if created and {p.name for p in out.iterdir()} <= {LOG_FILE}:
+            handler.close()
+            shutil.rmtree(out, ignore_errors=True)  # nothing but a log: leave no empty run behind
         raise
     finally:
         logger.removeHandler(handler)

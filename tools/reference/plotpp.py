@@ -33,7 +33,9 @@ import openai_clip as oc  # noqa: E402
 
 # width 768: the official prompt learner's hard-coded vision prompt width; heads = width // 64 and
 # mlp = 4 * width as OpenAI's build_model / ResidualAttentionBlock require.
-SIZE = dict(width=768, layers=2, heads=12, mlp=3072, embed_dim=16, image_size=32, patch_size=8, context_length=77)
+SIZE = dict(
+    width=768, layers=2, heads=12, mlp=3072, embed_dim=16, image_size=32, patch_size=8, context_length=77
+)
 TINY_SEED = 0
 CLASSNAMES = ["accordion", "airplane", "anchor"]
 DATASET = "Caltech101"
@@ -160,7 +162,9 @@ def main():
     # tiny CLIP (vlpeft, width 768) -> OpenAI layout; transformers is imported before the import stubs
     from vlpeft.backbones.tiny import TinySize, init_tiny
 
-    hf_dir = init_tiny(work / "tiny_clip", family="clip", seed=TINY_SEED, size=TinySize(**SIZE), overwrite=True)
+    hf_dir = init_tiny(
+        work / "tiny_clip", family="clip", seed=TINY_SEED, size=TinySize(**SIZE), overwrite=True
+    )
     gz = oc.write_simple_bpe(hf_dir, work / "tiny_bpe.txt.gz")
     sd = oc.to_openai(hf_dir)
 
@@ -191,7 +195,9 @@ def main():
 
     # The official checks that the state dict fits plot-pp's (prompted) VisionTransformer.
     clip_model = pp.load_clip_to_cpu(cfg)
-    assert clip_model.visual.transformer.width == SIZE["width"] and clip_model.transformer.width == SIZE["width"]
+    assert (
+        clip_model.visual.transformer.width == SIZE["width"] and clip_model.transformer.width == SIZE["width"]
+    )
     assert clip_model.visual.transformer.resblocks[0].attn.num_heads == SIZE["heads"]
 
     trainer = pp.PLOTPP.__new__(pp.PLOTPP)  # no __init__: it builds Dassl's data loaders

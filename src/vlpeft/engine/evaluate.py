@@ -81,7 +81,7 @@ def run_zero_shot_eval(cfg: EvalConfig, out: str | Path | None = None, overwrite
     """Zero-shot classification of one split; writes ``out/result.json`` (atomically) if ``out``."""
     if out is not None:
         check_out_dir(out, overwrite)
-    with run_log(out):
+    with run_log(out, overwrite):
         start = time.perf_counter()
         dataset = load_dataset(cfg.dataset, cfg.root, subsample=cfg.subsample)
         items = dataset.split(cfg.split)

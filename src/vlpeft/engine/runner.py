@@ -145,7 +145,7 @@ def run_train(
         out = None
     if out is not None:
         check_out_dir(out, overwrite)
-    with run_log(out):
+    with run_log(out, overwrite):
         start = time.perf_counter()
         dataset, val = load_run_dataset(cfg)
         head = build_method(cfg, dataset)
