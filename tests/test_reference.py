@@ -257,3 +257,55 @@ def test_clip_lora_logits_gradients_and_steps_match_the_official_code(official_t
         optimizer.step()
         for official, ours in names.items():
             close(params[ours], expected["params_after"][official], atol=1e-6, rtol=1e-4)
+
+
+def test_plotpp_matches_the_official_code(tmp_path):
+    """PLOT++ (CHENGY12/PLOT plot-pp) on a width-768 tiny CLIP (the official vision prompts are 768 wide):
+    prompts, features, the transport plan, logits of both stages, gradients and two SGD steps, from the
+    official initial prompts."""
+    import dataclasses
+
+    from vlpeft.backbones import init_tiny, load_backbone
+    from vlpeft.backbones.tiny import TinySize
+    from vlpeft.methods import ClassText, PixelData, get_method
+
+    ref = reference("plotpp")
+    i, out, spec = ref["inputs"], ref["outputs"], ref["tiny_checkpoint"]
+    backbone = load_backbone(
+        str(init_tiny(tmp_path / "clip", "clip", spec["seed"], TinySize(**spec["size"])))
+    ).eval()
+    cls = get_method("plot++")
+    method = cls(cls.config_class().with_overrides({"n_vision_prompts": out["M"], "n_prompts": out["N"]}))
+    method.bind(backbone)
+    text = ClassText(
+        i["classnames"],
+        lambda kind: ["a photo of a {}."],
+        lambda p: backbone.encode_text(backbone.tokenize(p)),
+    )
+    method.prepare(
+        PixelData([], [], text, len(i["classnames"]), float(backbone.logit_scale), dataset=i["dataset_name"])
+    )
+    close(method.ctx, out["ctx_init"])  # the dataset's phrases, sliced as the code
+    assert method.eot.tolist() == out["eot_positions"]
+    with torch.no_grad():
+        method.ctx_vision.copy_(torch.tensor(out["ctx_vision_init"]))  # the official random draw
+    pixels, labels = torch.tensor(i["pixels"]), torch.tensor(i["labels"])
+    with torch.no_grad():
+        close(method.raw_image_features(pixels), out["image_features"], atol=1e-5)
+        raw_text = method.raw_text_features()
+        close(raw_text.flatten(0, 1), out["text_features"], atol=1e-5)
+        close(method.logits(pixels), out["logits"], atol=1e-5)
+        method.config = dataclasses.replace(method.config, stages=("vision",))  # the code's TRADE_OFF
+        close(method.logits(pixels), out["logits_trade_off"], atol=1e-5)
+        method.config = dataclasses.replace(method.config, stages=("vision", "joint"))
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.002, momentum=0.9, weight_decay=5e-4)
+    for step in out["steps"]:  # the joint stage: both prompts trained, OT logits
+        optimizer.zero_grad()
+        logits = method.logits(pixels)
+        F.cross_entropy(logits, labels).backward()
+        close(logits.detach(), step["logits"], atol=1e-5)
+        close(method.ctx.grad, step["grad_ctx"], atol=1e-6, rtol=1e-4)
+        close(method.ctx_vision.grad, step["grad_ctx_vision"], atol=1e-6, rtol=1e-4)
+        optimizer.step()
+        close(method.ctx, step["ctx_after"], atol=1e-6)
+        close(method.ctx_vision, step["ctx_vision_after"], atol=1e-6)
