@@ -253,3 +253,16 @@ def test_an_early_error_leaves_no_run_directory_and_overwrite_starts_a_fresh_log
     first = (tmp_path / "run" / "log.txt").read_text()
     run_train(cfg, tmp_path / "run", overwrite=True)
     assert (tmp_path / "run" / "log.txt").read_text().count("zero-shot test accuracy") == 1 and first
+
+
+def test_shots_beyond_a_class_are_warned_and_the_real_counts_recorded(
+    tiny_clip, shapes_folder, tmp_path, caplog
+):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="vlpeft")
+    result = run_train(config(tiny_clip, shapes_folder, tmp_path, "zero-shot", shots=50))
+    counts = result["train_images_per_class"]
+    assert set(counts) == {"red circle", "blue square", "green triangle", "yellow ring"}
+    assert all(0 < n < 50 for n in counts.values())  # every image of each class, fewer than 50
+    assert "50-shot sampling: 4 classes have fewer training images" in caplog.text

@@ -332,7 +332,8 @@ def train_command(
         dtype,
     )
     result = run_train(cfg, out, overwrite=overwrite)
-    _print_metrics(f"{method} on {dataset} ({shots}-shot, seed {seed})", result)
+    label = f"{shots}-shot" if shots else "all training images"
+    _print_metrics(f"{method} on {dataset} ({label}, seed {seed})", result)
     out_console.print(f"image-encoder forwards: {result['image_encoder_forwards']}; wrote {out}")
 
 

@@ -12,6 +12,7 @@ touching global state. Base/new: ``OxfordPets.subsample_classes`` — sorted lab
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ from dataclasses import replace
 
 from vlpeft.data.datum import Datum
 from vlpeft.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 SUBSAMPLE_CHOICES = ("all", "base", "new")
 
@@ -39,6 +42,18 @@ def sample_per_class(items: Sequence[Datum], shots: int, rng: random.Random) -> 
     return out
 
 
+def _warn_short_classes(train: Sequence[Datum], shots: int) -> None:
+    """CoOp's sampler takes every image of a class that has fewer than K: keep that, but say so."""
+    short = {g[0].classname: len(g) for g in split_by_label(train).values() if len(g) < shots}
+    if short:
+        listed = ", ".join(f"{name} ({n})" for name, n in list(short.items())[:10])
+        more = f" and {len(short) - 10} more" if len(short) > 10 else ""
+        logger.warning(
+            "%d-shot sampling: %d classes have fewer training images, all of which are used: %s%s",
+            shots, len(short), listed, more,
+        )  # fmt: skip
+
+
 def fewshot_train_val(
     train: Sequence[Datum], val: Sequence[Datum], shots: int, seed: int
 ) -> tuple[list[Datum], list[Datum]]:
@@ -52,6 +67,7 @@ def fewshot_train_val(
         raise ConfigError(f"shots must be a positive integer, got {shots}.")
     rng = random.Random(seed)
     fs_train = sample_per_class(train, shots, rng)
+    _warn_short_classes(train, shots)
     if not val:
         chosen = {id(item) for item in fs_train}
         val = [item for item in train if id(item) not in chosen]

@@ -179,6 +179,9 @@ def run_train(
         }
         result |= {
             "image_encoder_forwards": _forwards(head, store, backbone, forwards_before),
+            "train_images_per_class": images_per_class(
+                dataset
+            ),  # the real shots (fewer where a class is short)
             "config": config,
         }
         logger.info("%s test accuracy %.2f%%", head.name, result["metrics"]["accuracy"])
@@ -194,6 +197,14 @@ def run_train(
             head.save_adapter(out, extra)
             write_run(out, config, result)
         return result
+
+
+def images_per_class(dataset: Dataset) -> dict[str, int]:
+    """Training images of each class in the (few-shot) train split."""
+    counts = dict.fromkeys(dataset.classnames, 0)
+    for item in dataset.train:
+        counts[dataset.classnames[item.label]] += 1
+    return counts
 
 
 def _forwards(head: Method, store: FeatureStore, backbone: Backbone, before: tuple[int, int]) -> int:
