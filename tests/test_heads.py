@@ -411,3 +411,32 @@ def test_stacked_grid_training_equals_torch_adamw_one_setting_at_a_time():
             loss.backward()
             optimizer.step()
         torch.testing.assert_close(result, weight.detach(), atol=1e-5, rtol=1e-4)
+
+
+def _outside(rule) -> float:
+    """A value just outside ``rule``."""
+    if rule.high != float("inf"):
+        return rule.high + 0.5
+    return rule.low if rule.low_open else rule.low - 1
+
+
+@pytest.mark.parametrize("name", sorted(__import__("vlpeft.methods", fromlist=["x"]).list_methods()))
+def test_every_config_refuses_out_of_range_values_naming_the_field(name):
+    """Every registered method's config, every shared numeric setting: a clear ConfigError, not a
+    torch error later (lr=-1, epochs=0, views=0, r=0, dropout=1.5, momentum=1, ...)."""
+    import dataclasses
+
+    from vlpeft.errors import ConfigError
+    from vlpeft.methods import get_method
+    from vlpeft.methods.base import RANGES
+
+    cfg = get_method(name).config_class()
+    checked = [f.name for f in dataclasses.fields(cfg) if f.name in RANGES]
+    for field in checked:
+        bad = _outside(RANGES[field])
+        value = int(bad) if isinstance(getattr(cfg, field), int) and float(bad).is_integer() else bad
+        with pytest.raises(ConfigError, match=rf"^{field} must be"):
+            cfg.with_overrides({field: str(value)})
+    if "lr" in checked:
+        with pytest.raises(ConfigError, match=r"lr must be > 0, got -1"):
+            cfg.with_overrides({"lr": "-1"})

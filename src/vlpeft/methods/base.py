@@ -25,6 +25,89 @@ from vlpeft.errors import ConfigError
 from vlpeft.io import atomic_path, write_json_atomic
 from vlpeft.registry import Registry, unknown_name_message
 
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A valid interval for a numeric setting, checked by every config that has the field."""
+
+    low: float = float("-inf")
+    high: float = float("inf")
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high == float("inf"):
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return (
+            f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        )
+
+
+POSITIVE, AT_LEAST_1, NON_NEGATIVE = Range(0, low_open=True), Range(1), Range(0)
+FRACTION, PROBABILITY = Range(0, 1), Range(0, 1, high_open=True)
+# Settings that share a meaning across methods (a method's own ones are checked in its config).
+RANGES: dict[str, Range] = {
+    **dict.fromkeys(
+        ("lr", "eps", "temperature", "clip_scale", "c", "logit_scale", "gpa_std", "thresh"), POSITIVE
+    ),
+    **dict.fromkeys(("alpha_init_scale",), POSITIVE),
+    **dict.fromkeys(
+        (
+            "epochs",
+            "batch_size",
+            "views",
+            "accumulate",
+            "iterations",
+            "alpha_every",
+            "max_iter",
+            "search_steps",
+            "eval_chunk",
+            "eval_every",
+            "feat_num",
+            "gamma_steps",
+            "r",
+            "reduction",
+            "bottleneck",
+            "n_prompts",
+            "n_vision_prompts",
+        ),
+        AT_LEAST_1,
+    ),
+    **dict.fromkeys(
+        (
+            "depth_text",
+            "depth_vision",
+            "n_ctx_text",
+            "n_ctx_vision",
+            "warmup_epochs",
+            "warmup_iterations",
+            "iters_per_shot",
+            "weight_decay",
+            "min_lr",
+            "warmup_lr",
+            "grad_clip",
+            "weight",
+            "text_loss_weight",
+            "image_loss_weight",
+            "projection_weight",
+            "init_alpha",
+            "init_beta",
+            "init_gamma",
+            "residual_scale",
+            "scale",
+            "gpa_mean",
+        ),
+        NON_NEGATIVE,
+    ),
+    **dict.fromkeys(("momentum", "dropout"), PROBABILITY),
+    **dict.fromkeys(("ratio", "text_batch_ratio"), FRACTION),
+}
+
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 # Methods renamed since runs were saved under the old name: saved runs still load.
@@ -36,7 +119,12 @@ class MethodConfig:
     """Base of method configs: typed fields, ``--set key=value`` overrides, JSON round trip."""
 
     def __post_init__(self) -> None:
-        """Subclasses validate here (and call ``super().__post_init__()``)."""
+        """Check every numeric field of :data:`RANGES` the config has; subclasses validate the rest
+        here (and call ``super().__post_init__()`` first)."""
+        for name, rule in RANGES.items():
+            value = getattr(self, name, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not rule.holds(value):
+                raise ConfigError(f"{name} must be {rule}, got {value} ({type(self).__name__}).")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
