@@ -241,3 +241,13 @@ def test_plotpp_trains_the_vision_prompts_then_both(backbone, world):
         both.stage == "joint"
         and both.num_trainable_parameters() == both.ctx.numel() + both.ctx_vision.numel()
     )
+
+
+def test_a_prompt_depth_beyond_the_backbone_names_the_setting_and_its_maximum(backbone, world):
+    from vlpeft.errors import ConfigError
+
+    layers = len(backbone.layers("text"))
+    with pytest.raises(
+        ConfigError, match=rf"depth_text={layers + 5} .* use --set depth_text={layers} or less"
+    ):
+        make_method("maple", backbone, world, depth_text=str(layers + 5))

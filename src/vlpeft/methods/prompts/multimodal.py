@@ -71,6 +71,17 @@ class MultimodalPrompts(PixelPromptLearner):
     def _vision_count(cls, cfg: MultimodalConfig, text_width: int, vision_width: int) -> int:
         return cfg.n_ctx_vision * vision_width * max(cfg.depth_vision, 0)
 
+    def bind(self, backbone: Backbone) -> None:
+        super().bind(backbone)
+        for tower, field in (("text", "depth_text"), ("vision", "depth_vision")):
+            depth, layers = getattr(self.config, field), len(backbone.layers(tower))
+            if depth > layers:
+                raise ConfigError(
+                    f"{self.name}: {field}={depth} but the {tower} encoder of '{backbone.spec}' has {layers} "
+                    f"layers; use --set {field}={layers} or less (depth d puts prompts at the input and "
+                    "at layers 1..d-1)."
+                )
+
     # ---- text side ---------------------------------------------------------------------------
     def _fixed_words(self, backbone: Backbone) -> tuple[str, str]:
         return split_init(backbone, self.config.ctx_init, self.config.n_ctx_text)
