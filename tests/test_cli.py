@@ -270,3 +270,20 @@ def test_an_unknown_setting_suggests_the_key_that_contains_it():
         cls.config_class().with_overrides({"iters": "3"})
     with pytest.raises(ConfigError, match="Did you mean 'dropout'"):
         cls.config_class().with_overrides({"dropuot": "0.1"})
+
+
+@pytest.mark.parametrize("name", ["lora", "ape", "plot++", "zero-shot"])
+def test_methods_show_lists_every_setting_with_its_default_range_and_source(name):
+    from vlpeft.methods import get_method
+
+    out = invoke("methods", "show", name, "--json")
+    info = json.loads(out.stdout)
+    assert out.exit_code == 0 and info["name"] == get_method(name).name
+    assert [s["name"] for s in info["settings"]] == get_method(name).config_class.field_names()
+    assert info["defaults_from"] and info["needs"] and info["trainable_parameters"]["count"] >= 0
+    if name == "lora":
+        scale = next(s for s in info["settings"] if s["name"] == "logit_scale")
+        assert scale["default"] == "checkpoint"
+        assert next(s for s in info["settings"] if s["name"] == "dropout")["range"] == "in [0, 1)"
+    if name == "ape":
+        assert info["dataset_presets"]["EuroSAT"]["gamma_steps"] == 20

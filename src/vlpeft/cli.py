@@ -280,6 +280,37 @@ def methods_list(
     out_console.print(table)
 
 
+@methods_app.command("show")
+def methods_show(
+    name: Annotated[str, typer.Argument(help="Method name (see `vlpeft methods list`).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Every setting of a method (type, default, valid range, note), its presets, sources and needs."""
+    from vlpeft.methods.describe import describe_method
+
+    info = describe_method(name)
+    if as_json:
+        out_console.print_json(json.dumps(info, default=str))
+        return
+    out_console.print(f"[bold]{info['name']}[/bold] ({info['family']}) {info['paper']}")
+    out_console.print(info["summary"], markup=False)
+    table = Table("setting", "type", "default", "valid", "note")
+    for s in info["settings"]:
+        table.add_row(s["name"], s["type"], repr(s["default"]), s["range"], s["note"])
+    out_console.print(table)
+    for source in info["defaults_from"]:
+        out_console.print(f"defaults from {source}", markup=False)
+    for dataset, preset in info["dataset_presets"].items():
+        out_console.print(f"preset {dataset}: {preset}", markup=False)
+    params = info["trainable_parameters"]
+    out_console.print(
+        f"trainable parameters (D={params['D']}, C={params['C']}, K={params['K']}): {params['count']:,}"
+    )
+    for need in info["needs"]:
+        out_console.print(f"needs {need}", markup=False)
+    out_console.print("change a setting with --set NAME=VALUE (`vlpeft train`) or 'set:' in a bench spec")
+
+
 # ---- training and prediction ---------------------------------------------------------------------
 
 
