@@ -266,3 +266,21 @@ def test_shots_beyond_a_class_are_warned_and_the_real_counts_recorded(
     assert set(counts) == {"red circle", "blue square", "green triangle", "yellow ring"}
     assert all(0 < n < 50 for n in counts.values())  # every image of each class, fewer than 50
     assert "50-shot sampling: 4 classes have fewer training images" in caplog.text
+
+
+def test_predict_reports_an_unreadable_image_and_predicts_the_others(
+    tiny_clip, shapes_folder, tmp_path, monkeypatch, capsys
+):
+    from test_cli import run_main
+
+    run_train(config(tiny_clip, shapes_folder, tmp_path, "zero-shot"), tmp_path / "run")
+    good = next(shapes_folder.glob("red circle/*.png"))
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    code, out, err = run_main(
+        monkeypatch, capsys, "predict", "--run", tmp_path / "run", good, bad, tmp_path / "gone.jpg"
+    )
+    text = " ".join(err.split())
+    assert code == 2 and str(good) in out and "Traceback" not in err
+    assert "2 of 3 images could not be read" in text and "broken.png" in text and "gone.jpg" in text
+    assert "dataset" not in text  # the message is about the file

@@ -381,13 +381,19 @@ def predict_command(
     from vlpeft.utils import resolve_device
 
     results = predict(run, list(images), top_k=top_k, device=resolve_device(device))
+    failed = [r for r in results if "error" in r]
     if as_json:
         sys.stdout.write(json.dumps(results) + "\n")
-        return
-    for item in results:
-        out_console.print(item["image"])
-        for entry in item["top"]:
-            out_console.print(f"  {entry['probability']:7.2%}  {entry['class']}")
+    else:
+        for item in results:
+            if "error" in item:
+                continue
+            out_console.print(item["image"])
+            for entry in item["top"]:
+                out_console.print(f"  {entry['probability']:7.2%}  {entry['class']}")
+    if failed:
+        lines = "\n".join(f"  {r['error']}" for r in failed)
+        raise VlpeftError(f"{len(failed)} of {len(results)} images could not be read:\n{lines}")
 
 
 @app.command("export")

@@ -18,7 +18,7 @@ from vlpeft.data.base import Datum
 from vlpeft.data.fewshot import SUBSAMPLE_CHOICES
 from vlpeft.data.images import load_image
 from vlpeft.engine.metrics import classification_metrics
-from vlpeft.errors import ConfigError
+from vlpeft.errors import ConfigError, DatasetError
 from vlpeft.features import FeatureSet, FeatureStore, ViewSpec
 from vlpeft.methods import ClassText, FeatureHead, HeadData, Method, get_method
 from vlpeft.methods.adapters.base import ModuleAdapter
@@ -322,11 +322,17 @@ def load_run(
 
 @torch.no_grad()
 def predict(run_dir: str | Path, images: list[str | Path], top_k: int = 5, device: str = "cpu") -> list[dict]:
-    """Top-k classes with probabilities for each image, from the saved run alone."""
+    """Top-k classes with probabilities for each image, from the saved run alone; an unreadable image
+    gets ``{"image", "error"}`` instead and the others are still predicted."""
     backbone, head, classnames = load_run(run_dir, device)
     out = []
     for path in images:
-        pixels = backbone.preprocess(load_image(path))[None].to(backbone.device, backbone.dtype)
+        try:
+            image = load_image(path)
+        except DatasetError as err:  # one bad file: say so, predict the others
+            out.append({"image": str(path), "error": str(err).split(". ")[0] + "."})
+            continue
+        pixels = backbone.preprocess(image)[None].to(backbone.device, backbone.dtype)
         if needs_pixels(head):
             features = pixels
         elif getattr(head, "uses_tokens", False):
