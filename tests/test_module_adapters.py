@@ -336,6 +336,7 @@ def test_two_process_run_equals_one_process_with_the_same_global_batch(tiny_clip
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("image-encoder forwards:") == 1  # only the first process reports
         return load_file(str(tmp_path / out / "adapter.safetensors"))
 
     single = train("one", [sys.executable])

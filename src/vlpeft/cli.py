@@ -363,6 +363,10 @@ def train_command(
         dtype,
     )
     result = run_train(cfg, out, overwrite=overwrite)
+    from vlpeft.training.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun/accelerate only the first process reports
+        return
     label = f"{shots}-shot" if shots else "all training images"
     _print_metrics(f"{method} on {dataset} ({label}, seed {seed})", result)
     out_console.print(f"image-encoder forwards: {result['image_encoder_forwards']}; wrote {out}")
