@@ -280,3 +280,21 @@ def test_make_split_applies_coop_class_rules(tmp_path):
     assert json.loads(path.read_text())["train"][0][2] == "face"
     with pytest.raises(DatasetError, match="cannot be split from raw folders"):
         get_dataset_spec("OxfordPets").make_split(tmp_path)
+
+
+def test_check_with_verify_images_lists_truncated_and_non_image_files(shapes_folder, monkeypatch, capsys):
+    import shutil
+
+    from test_cli import run_main
+
+    files = sorted(shapes_folder.glob("red circle/*.png"))
+    files[0].write_bytes(files[0].read_bytes()[:40])  # truncated
+    files[1].write_text("not an image")
+    code, out, _ = run_main(monkeypatch, capsys, "datasets", "check", "imagefolder", "--root", shapes_folder)
+    assert code == 0 and "OK" in out  # without decoding, the files look fine
+    code, out, _ = run_main(
+        monkeypatch, capsys, "datasets", "check", "imagefolder", "--root", shapes_folder, "--verify-images"
+    )
+    text = " ".join(out.split())
+    assert code == 1 and "do not decode" in text and files[0].name in text and files[1].name in text
+    shutil.rmtree(shapes_folder)

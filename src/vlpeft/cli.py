@@ -154,13 +154,17 @@ def datasets_check(
     name: Annotated[str, typer.Argument(help="Dataset name (see `vlpeft datasets list`).")],
     root: RootOpt,
     as_json: JsonOpt = False,
+    verify_images: Annotated[
+        bool,
+        typer.Option("--verify-images", help="Decode every listed image (finds truncated/non-image files)."),
+    ] = False,
 ) -> None:
     """Report what is missing from a dataset folder and the layout expected."""
     from dataclasses import asdict
 
     from vlpeft.data import get_dataset_spec
 
-    report = get_dataset_spec(name).check(root)
+    report = get_dataset_spec(name).check(root, verify_images=verify_images)
     if as_json:
         out_console.print_json(json.dumps({**asdict(report), "ok": report.ok}))
     else:
@@ -178,6 +182,10 @@ def _print_check(report) -> None:
     for split, missing in report.missing.items():
         if missing:
             out_console.print(f"  [red]{len(missing)} {split} images missing[/red], e.g. {missing[0]}")
+    for split, corrupt in report.corrupt.items():
+        if corrupt:
+            shown = ", ".join(corrupt[:5])
+            out_console.print(f"  [red]{len(corrupt)} {split} images do not decode[/red]: {shown}")
     for problem in report.problems:
         out_console.print(f"  [red]{problem}[/red]")
     if not report.ok:

@@ -110,12 +110,13 @@ class CheckReport:
     sizes: dict[str, int] = field(default_factory=dict)
     num_classes: int | None = None
     missing: dict[str, list[str]] = field(default_factory=dict)
+    corrupt: dict[str, list[str]] = field(default_factory=dict)  # with --verify-images: undecodable files
     problems: list[str] = field(default_factory=list)
     layout: str = ""
 
     @property
     def ok(self) -> bool:
-        return not self.problems and not any(self.missing.values())
+        return not self.problems and not any(self.missing.values()) and not any(self.corrupt.values())
 
 
 class DatasetSpec:
@@ -169,8 +170,9 @@ class DatasetSpec:
             test_only=self.test_only,
         )
 
-    def check(self, root: str | os.PathLike) -> CheckReport:
-        """Everything wrong with the dataset under ``root``, without raising."""
+    def check(self, root: str | os.PathLike, verify_images: bool = False) -> CheckReport:
+        """Everything wrong with the dataset under ``root``, without raising; ``verify_images`` decodes
+        every listed file that exists (truncated or non-image files are otherwise found only in training)."""
         report = CheckReport(dataset=self.name, root=str(root), layout=self.layout)
         try:
             ddir = self.locate(root)
@@ -182,6 +184,8 @@ class DatasetSpec:
         report.num_classes = len(classnames)
         report.sizes = {s: len(v) for s, v in splits.items()}
         report.missing = {s: missing_files(v) for s, v in splits.items()}
+        if verify_images:
+            report.corrupt = undecodable_files(splits, set().union(*report.missing.values()))
         return report
 
     def _raise_if_missing(self, ddir: Path, splits: dict[str, list[Datum]]) -> None:
@@ -194,6 +198,21 @@ class DatasetSpec:
                 f"  {shown}\nRun `vlpeft datasets check {self.name} --root ...` for the full list. "
                 f"{self.expected()}"
             )
+
+
+def undecodable_files(splits: dict[str, list[Datum]], missing: set[str]) -> dict[str, list[str]]:
+    """Per split, the listed files that exist but do not decode as images (with a progress bar)."""
+    from vlpeft.data.images import load_image
+    from vlpeft.utils import track
+
+    items = [(s, d) for s, v in splits.items() for d in v if d.impath not in missing]
+    bad: dict[str, list[str]] = {s: [] for s in splits}
+    for split, item in track(items, "Decoding images"):
+        try:
+            load_image(item.impath)
+        except DatasetError:
+            bad[split].append(item.relpath or item.impath)
+    return bad
 
 
 def missing_files(items: Sequence[Datum]) -> list[str]:

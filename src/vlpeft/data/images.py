@@ -30,5 +30,6 @@ def load_image(path: str | Path) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DatasetError(
             f"Could not decode image '{path}': {err}. The file is corrupt or not an image; "
-            "re-download it, or remove it from the dataset's split."
+            "re-download it, or remove it from the dataset's split (`vlpeft datasets check NAME --root DIR "
+            "--verify-images` lists every such file)."
         ) from None
