@@ -153,3 +153,20 @@ def test_augmented_view_size_and_determinism():
 def test_tokens_view(store, shapes):
     tokens = store.image_features("shapes", shapes.test[:2], ViewSpec(tokens=True))
     assert tokens.shape == (2, 17, 16)
+
+
+def test_a_read_only_cache_still_reads_and_computes_without_writing(store, shapes, monkeypatch, caplog):
+    import vlpeft.features
+
+    cached = store.image_features("shapes", shapes.test[:4])  # written while the cache was writable
+    monkeypatch.setattr(vlpeft.features, "writable_dir", lambda path: False)  # a read-only mount
+    readonly = FeatureStore(store.backbone, store.root, batch_size=4)
+    assert readonly.readonly and "not writable" in caplog.text
+    before = sorted(p.name for p in store.root.rglob("*"))
+    feats = readonly.image_features("shapes", shapes.test)
+    torch.testing.assert_close(feats[:4], cached, atol=0, rtol=0)  # read from the cache
+    assert readonly.image_encoder_forwards == len(shapes.test) - 4  # the rest computed once...
+    readonly.image_features("shapes", shapes.test)
+    assert readonly.image_encoder_forwards == len(shapes.test) - 4  # ...and kept for this process
+    readonly.text_embeddings(["a photo of a cat."])
+    assert sorted(p.name for p in store.root.rglob("*")) == before  # nothing written

@@ -284,3 +284,31 @@ def test_predict_reports_an_unreadable_image_and_predicts_the_others(
     assert code == 2 and str(good) in out and "Traceback" not in err
     assert "2 of 3 images could not be read" in text and "broken.png" in text and "gone.jpg" in text
     assert "dataset" not in text  # the message is about the file
+
+
+def test_a_full_disk_keeps_the_result_and_names_the_file(tiny_clip, shapes_folder, tmp_path, monkeypatch):
+    import errno
+
+    import vlpeft.methods.base as base
+    from vlpeft.errors import ConfigError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(base, "save_file", full)
+    with pytest.raises(ConfigError, match=r"result.json \(test accuracy .*No space left on device"):
+        run_train(config(tiny_clip, shapes_folder, tmp_path, "tip-adapter"), tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["metrics"]["accuracy"] >= 0
+    assert not list((tmp_path / "run").glob(".*.tmp"))  # no half-written file
+
+
+def test_an_unwritable_out_is_refused_before_any_work(tiny_clip, shapes_folder, tmp_path, monkeypatch):
+    import vlpeft.runs
+    from vlpeft.errors import ConfigError
+
+    monkeypatch.setattr(
+        vlpeft.runs, "writable_dir", lambda path: False
+    )  # a read-only mount (root writes anywhere)
+    with pytest.raises(ConfigError, match="Cannot write the run directory"):
+        run_train(config(tiny_clip, shapes_folder, tmp_path, "tip-adapter"), tmp_path / "ro")
+    assert not (tmp_path / "ro").exists() and not (tmp_path / "cache").exists()

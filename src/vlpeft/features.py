@@ -42,7 +42,7 @@ from vlpeft.backbones.base import Backbone
 from vlpeft.data.base import Datum
 from vlpeft.data.images import load_image
 from vlpeft.data.transforms import AugmentedView, AugmentSpec
-from vlpeft.io import atomic_path, write_json_atomic
+from vlpeft.io import atomic_path, writable_dir, write_json_atomic
 from vlpeft.utils import track
 
 logger = logging.getLogger(__name__)
@@ -150,6 +150,14 @@ class FeatureStore:
         self.batch_size, self.workers, self.chunk_size = batch_size, workers, chunk_size
         self.image_encoder_forwards = 0  # images passed through the image encoder by this store
         self.text_encoder_prompts = 0
+        self.readonly = not writable_dir(self.root)
+        self._memory: dict[Path, tuple[torch.Tensor, list[str]]] = {}  # shards of a read-only cache
+        if self.readonly:
+            logger.warning(
+                "The feature cache '%s' is not writable: features are computed without caching (existing "
+                "entries are still read). Pass a writable --cache-dir or set VLPEFT_CACHE_DIR to keep them.",
+                self.root,
+            )
 
     # ---- images -----------------------------------------------------------------------------
     def image_features(
@@ -209,7 +217,7 @@ class FeatureStore:
         }
         digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
         directory = self.root / "features" / spec["backbone"][:16] / _slug(dataset) / f"{view.label}-{digest}"
-        if not (directory / "spec.json").exists():
+        if not self.readonly and not (directory / "spec.json").exists():
             write_json_atomic(directory / "spec.json", spec)
         return directory
 
@@ -224,6 +232,10 @@ class FeatureStore:
                 continue
             for row, key in enumerate(keys):
                 index.setdefault(key, (shard, row))
+        for shard, (_, keys) in self._memory.items():
+            if shard.parent == directory:
+                for row, key in enumerate(keys):
+                    index.setdefault(key, (shard, row))
         return index
 
     def _gather(self, index: dict[str, tuple[Path, int]], keys: list[str]) -> torch.Tensor | None:
@@ -244,6 +256,8 @@ class FeatureStore:
         return out if out is not None else torch.empty(0)
 
     def _load_verified(self, shard: Path) -> torch.Tensor | None:
+        if shard in self._memory:
+            return self._memory[shard][0]
         try:
             with safe_open(shard, "pt") as f:
                 tensor, expected = f.get_tensor("features"), f.metadata()["sha256"]
@@ -288,9 +302,11 @@ class FeatureStore:
             return lambda img, key: base(img)
         return AugmentedView(self.backbone.preprocess, view.augment, view.view)
 
-    @staticmethod
-    def _write_shard(directory: Path, feats: torch.Tensor, keys: list[str]) -> None:
+    def _write_shard(self, directory: Path, feats: torch.Tensor, keys: list[str]) -> None:
         feats = feats.contiguous()
+        if self.readonly:  # kept for this process only
+            self._memory[directory / f"memory-{uuid.uuid4().hex}.safetensors"] = (feats, list(keys))
+            return
         metadata = {"format": FORMAT, "keys": json.dumps(keys), "sha256": _digest(feats)}
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(directory / f"shard-{uuid.uuid4().hex}.safetensors") as tmp:
@@ -306,8 +322,13 @@ class FeatureStore:
             cached = self._load_verified(path)
             if cached is not None and cached.shape[0] == len(prompts):
                 return cached.float()
+        if path in self._memory:
+            return self._memory[path][0]
         feats = self._encode_texts(prompts, batch_size)
         self.text_encoder_prompts += len(prompts)
+        if self.readonly:
+            self._memory[path] = (feats, [])
+            return feats
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             save_file({"features": feats}, str(tmp), metadata={"format": FORMAT, "sha256": _digest(feats)})

@@ -28,6 +28,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def writable_dir(path: str | os.PathLike) -> bool:
+    """Whether files can be created in ``path`` (or, if it does not exist yet, in its nearest existing
+    parent): a real probe file, so a read-only filesystem is caught even for root."""
+    probe = Path(path)
+    while not probe.exists():
+        if probe.parent == probe:
+            return False
+        probe = probe.parent
+    if not probe.is_dir():
+        return False
+    try:
+        fd, name = tempfile.mkstemp(prefix=".vlpeft-probe-", dir=probe)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(name)
+    return True
+
+
 def _umask() -> int:
     """The process umask (read by setting it, then restoring it)."""
     mask = os.umask(0)

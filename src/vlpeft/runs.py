@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from vlpeft.errors import ConfigError
-from vlpeft.io import write_json_atomic
+from vlpeft.io import writable_dir, write_json_atomic
 
 RESULT_FILE = "result.json"
 CONFIG_FILE = "config.json"
@@ -25,6 +25,11 @@ def check_out_dir(out: str | Path, overwrite: bool = False) -> Path:
         raise ConfigError(f"'{out / RESULT_FILE}' already exists. Choose another --out or pass --overwrite.")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out '{out}' exists and is not a directory.")
+    if not writable_dir(out):
+        raise ConfigError(
+            f"Cannot write the run directory '{out}': it (or its parent) is read-only or not creatable. "
+            "Choose a writable --out."
+        )
     return out
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from vlpeft.backbones import Backbone, load_backbone
 from vlpeft.data import Dataset, get_dataset_spec
@@ -194,9 +195,30 @@ def run_train(
                 "classnames": list(dataset.classnames),
                 "backbone": backbone.spec,
             }
-            head.save_adapter(out, extra)
-            write_run(out, config, result)
+            save_run(out, head, extra, config, result)
         return result
+
+
+def save_run(out: str | Path, head: Method, extra: dict, config: dict, result: dict) -> None:
+    """The result first (small, and what matters most), then the learned state; a failed write names the
+    file and the reason and keeps the accuracy in the message."""
+    accuracy = result["metrics"]["accuracy"]
+    try:
+        write_run(out, config, result)
+    except OSError as err:
+        raise ConfigError(
+            f"Could not write the result to '{out}' ({err.strerror or err}); the test accuracy was "
+            f"{accuracy:.2f}%. Free space or choose another --out and run again."
+        ) from None
+    try:
+        head.save_adapter(out, extra)
+    except (OSError, SafetensorError) as err:  # safetensors reports a full disk as its own error
+        reason = getattr(err, "strerror", None) or err
+        raise ConfigError(
+            f"Wrote {Path(out) / 'result.json'} (test accuracy {accuracy:.2f}%) but could not write the "
+            f"learned state to '{out}' ({reason}), so the run cannot predict or export. Free "
+            "space and run again with --overwrite."
+        ) from None
 
 
 def images_per_class(dataset: Dataset) -> dict[str, int]:
