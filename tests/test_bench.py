@@ -359,3 +359,26 @@ def test_worker_processes_land_the_same_results_and_encode_each_image_once(
     columns = ["method", "shots", "seed", "accuracy"]
     a, b = (pd.read_csv(tmp_path / d / "results.csv")[columns].sort_values(columns) for d in ("one", "two"))
     pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
+
+
+def test_progress_bars_of_the_runs_stay_off_under_the_grids_bar(tmp_path, bench_root, monkeypatch, capsys):
+    """On a terminal the grid shows its bar; a run's own bars (extraction, epochs) would be a second live
+    display fighting it for the terminal, so they are off while the grid runs and back on after."""
+    from vlpeft.cli import main
+    from vlpeft.engine import runner
+    from vlpeft.utils import progress_enabled, set_progress
+
+    seen = []
+    real = runner.run_train
+    monkeypatch.setattr(runner, "run_train", lambda *a, **k: seen.append(progress_enabled()) or real(*a, **k))
+    monkeypatch.delenv("VLPEFT_NO_PROGRESS", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # as on a terminal (no -q)
+    spec = few_shot_spec(tmp_path, bench_root, methods=["zero-shot", "linear-probe"], shots=[1], seeds=[1])
+    monkeypatch.setattr(sys, "argv", ["vlpeft", "bench", str(spec), "--out", str(tmp_path / "out")])
+    try:
+        with pytest.raises(SystemExit) as done:
+            main()
+        assert done.value.code in (0, None) and progress_enabled()  # restored after the grid
+    finally:
+        set_progress(None)
+    assert seen == [False, False] and "2 done now" in " ".join(capsys.readouterr().out.split())

@@ -328,15 +328,22 @@ def _progress(total: int, skipped: int):
 
         yield log
         return
+    from vlpeft.utils import _PROGRESS, set_progress
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task(text(), total=total, completed=skipped)
+    previous = _PROGRESS["enabled"]
+    set_progress(False)  # one live display at a time: the runs' own bars stay off under the grid's
+    try:
+        with Progress(*columns, transient=False) as bar:
+            task = bar.add_task(text(), total=total, completed=skipped)
 
-        def advance(status: str) -> None:
-            counts[status] += 1
-            bar.update(task, advance=1, description=text())
+            def advance(status: str) -> None:
+                counts[status] += 1
+                bar.update(task, advance=1, description=text())
 
-        yield advance
+            yield advance
+    finally:
+        set_progress(previous)
 
 
 @contextlib.contextmanager

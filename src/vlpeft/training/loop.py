@@ -21,6 +21,7 @@ import torch
 
 from vlpeft.errors import ConfigError
 from vlpeft.training.schedules import build_optimizer, cosine, dassl_cosine, set_lr
+from vlpeft.utils import track
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def train_head(head: TrainableHead, data: HeadInputs, cfg: Recipe) -> dict[str, 
     best: dict[str, Any] = {"val_accuracy": -1.0, "epoch": None, "state": None}
     log = EpochLog(type(head).__name__, cfg.epochs)
     head.train()
-    for epoch in range(cfg.epochs):
+    for epoch in track(range(cfg.epochs), f"Training {type(head).__name__} ({cfg.epochs} epochs)"):
         for view_idx, img_idx in _batches(data, cfg, generator):
             set_lr(optimizer, lr_for(cfg, epoch, step, total))
             optimizer.zero_grad(set_to_none=True)
@@ -212,7 +213,7 @@ def train_on_pixels(
     accumulate, clip = getattr(cfg, "accumulate", 1), getattr(cfg, "grad_clip", 0.0)
     log = EpochLog(type(method).__name__, epochs)
     method.train()
-    for epoch in range(epochs):
+    for epoch in track(range(epochs), f"Training {type(method).__name__} ({epochs} epochs, {total} steps)"):
         images = _AugmentedImages(data.train, AugmentedView(backbone.preprocess, spec, epoch))
         order = torch.randperm(n, generator=generator)
         for it in range(iters):

@@ -16,6 +16,7 @@ from vlpeft.methods.configs import HeadConfig
 from vlpeft.methods.heads.base import FeatureHead
 from vlpeft.methods.inputs import HeadData, TrainViews
 from vlpeft.training.schedules import cosine
+from vlpeft.utils import track
 
 
 @dataclass
@@ -157,7 +158,7 @@ class CrossModalLP(FeatureHead):
         weights = init.expand(len(settings), -1, -1).clone()  # (S, C, D)
         adamw = _StackedAdamW(weights, [s[0] for s in settings], [s[1] for s in settings])
         best = [(-1.0, weights[s].clone()) for s in range(len(settings))]
-        for it in range(self.config.iterations):
+        for it in track(range(self.config.iterations), f"{self.name} ({self.config.iterations} iterations)"):
             if data.val is not None and it % self.config.eval_every == 0:
                 best = self._keep_best(data, weights, best)
             i, t = streams[0].next(), streams[1].next()

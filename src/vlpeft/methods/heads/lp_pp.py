@@ -14,6 +14,7 @@ from vlpeft.methods.base import register_method
 from vlpeft.methods.configs import HeadConfig
 from vlpeft.methods.heads.base import FeatureHead
 from vlpeft.methods.inputs import HeadData, TrainViews
+from vlpeft.utils import track
 
 
 @dataclass
@@ -84,7 +85,7 @@ class LPPP(FeatureHead):
         lr_w, lr_alpha = self.step_sizes(feats)
         optimizer = torch.optim.SGD(self.linear.parameters(), lr=lr_w, momentum=self.config.momentum)
         best = {"val_accuracy": -1.0, "iteration": None, "state": None}
-        for it in range(self.config.iterations):
+        for it in track(range(self.config.iterations), f"LP++ ({self.config.iterations} iterations)"):
             loss = self.loss(data.train.view(0), labels)
             optimizer.zero_grad()
             loss.backward()
