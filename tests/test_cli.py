@@ -122,7 +122,7 @@ def test_errors_are_one_clear_line_with_status_2(monkeypatch, capsys, tmp_path):
 
 
 def test_demo_on_the_embedded_model(tmp_path):
-    out = invoke(
+    args = [
         "demo",
         "--out",
         tmp_path / "demo",
@@ -130,11 +130,9 @@ def test_demo_on_the_embedded_model(tmp_path):
         tmp_path / "cache",
         "--datasets",
         "WorldTextures",
-        "--methods",
-        "linear-probe,tip-adapter",
-        "--shots",
-        "1,4",
-    )
+    ]
+    args += ["--methods", "linear-probe,tip-adapter", "--shots", "1,4"]
+    out = invoke(*args)
     assert out.exit_code == 0, out.stdout
     assert "| zero-shot |" in out.stdout and "tip-adapter" in out.stdout and "chance (%)" in out.stdout
     for name in ("results.csv", "results.parquet", "report.md", "curves.png", "report.html"):
@@ -142,19 +140,7 @@ def test_demo_on_the_embedded_model(tmp_path):
     frame = pd.read_csv(tmp_path / "demo" / "results.csv")
     assert set(frame["method"]) == {"zero-shot", "linear-probe", "tip-adapter"}
     assert len(frame) == 1 + 2 * 2 and set(frame["dataset"]) == {"WorldTextures"}
-    again = invoke(
-        "demo",
-        "--out",
-        tmp_path / "demo",
-        "--cache-dir",
-        tmp_path / "cache",
-        "--datasets",
-        "WorldTextures",
-        "--methods",
-        "linear-probe,tip-adapter",
-        "--shots",
-        "1,4",
-    )
+    again = invoke(*args)
     assert again.exit_code == 0 and "0 runs done now, 5 reused" in again.stdout  # nothing re-run
     assert pd.read_csv(tmp_path / "demo" / "results.csv").equals(frame)
 

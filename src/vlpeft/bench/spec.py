@@ -266,18 +266,22 @@ def _ints(raw: dict, key: str, default: list[int], minimum: int) -> list[int]:
     return out
 
 
+def _entry(entry: Any, what: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A spec list entry as a mapping: a bare name is ``{keys[0]: name}``; unknown keys are refused."""
+    if isinstance(entry, str):
+        entry = {keys[0]: entry}
+    if not isinstance(entry, dict) or keys[0] not in entry:
+        raise ConfigError(f"A {what} entry is a name or {{{', '.join(keys)}}}, got {entry!r}.")
+    unknown = [k for k in entry if k not in keys]
+    if unknown:
+        raise ConfigError(f"Unknown key {unknown[0]!r} in {what} entry {entry!r}; valid: {list(keys)}.")
+    return entry
+
+
 def _method(entry: Any) -> MethodEntry:
     from vlpeft.methods import get_method
 
-    if isinstance(entry, str):
-        entry = {"method": entry}
-    if not isinstance(entry, dict) or "method" not in entry:
-        raise ConfigError(f"A methods entry is a name or {{method, name, set}}, got {entry!r}.")
-    unknown = [k for k in entry if k not in METHOD_KEYS]
-    if unknown:
-        raise ConfigError(
-            f"Unknown key {unknown[0]!r} in methods entry {entry!r}; valid: {list(METHOD_KEYS)}."
-        )
+    entry = _entry(entry, "methods", METHOD_KEYS)
     cls = get_method(str(entry["method"]))  # unknown names raise with the closest match
     overrides = entry.get("set") or {}
     if not isinstance(overrides, dict):
@@ -290,15 +294,7 @@ def _method(entry: Any) -> MethodEntry:
 def _dataset(entry: Any, root: str | None, base: Path | None) -> DatasetEntry:
     from vlpeft.data import get_dataset_spec
 
-    if isinstance(entry, str):
-        entry = {"name": entry}
-    if not isinstance(entry, dict) or "name" not in entry:
-        raise ConfigError(f"A dataset entry is a name or {{name, root}}, got {entry!r}.")
-    unknown = [k for k in entry if k not in DATASET_KEYS]
-    if unknown:
-        raise ConfigError(
-            f"Unknown key {unknown[0]!r} in dataset entry {entry!r}; valid: {list(DATASET_KEYS)}."
-        )
+    entry = _entry(entry, "dataset", DATASET_KEYS)
     spec = get_dataset_spec(str(entry["name"]))  # unknown names raise with the closest match
     where = _root(entry.get("root"), base) or root
     if where is None:
