@@ -13,7 +13,6 @@ replicated line by line without autocast/GradScaler (fp32) and without the cosin
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import sys
@@ -63,14 +62,6 @@ def vlpeft_name(official: str) -> str:
     assert parts[0] == "transformer" and parts[1] == "resblocks" and parts[3] == "attn", official
     i, proj, ab = parts[2], parts[4], parts[5][-1]
     return f"model.{tower}_model.encoder.layers.{i}.self_attn.{proj}.lora_{ab}.default.weight"
-
-
-def sd_digest(sd: dict) -> str:
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        h.update(k.encode())
-        h.update(sd[k].detach().cpu().float().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def run_variant(mods, sd, dropout_rate: float, zero_dropout_p: bool, pixels, labels):
@@ -182,7 +173,7 @@ def main():
             "how": "vlpeft.backbones.init_tiny(dir, family='clip', seed=seed, size=TinySize(**size))",
             "seed": oc.TINY_SEED,
             "size": oc.TINY,
-            "openai_state_dict_sha256": sd_digest(sd),
+            "openai_state_dict_sha256": oc.sd_digest(sd),
         },
         "stubs": {
             **oc.STUBS,

@@ -189,6 +189,62 @@ def tolist(t: torch.Tensor):
     return t.detach().cpu().double().tolist() if t.is_floating_point() else t.detach().cpu().tolist()
 
 
+# ---- helpers shared by the generators ------------------------------------------------------------
+
+
+def dassl_sgd_optim():
+    """Dassl's OPTIM config node for the papers' SGD recipe (lr 0.002, momentum 0.9, weight decay 5e-4,
+    cosine) with Dassl's defaults for the rest; WARMUP_EPOCH=-1 (the yaml files have 1 epoch of
+    constant lr 1e-5), so the lr stays 0.002 over the few steps a reference takes."""
+    from types import SimpleNamespace as NS
+
+    return NS(
+        NAME="sgd",
+        LR=0.002,
+        WEIGHT_DECAY=5e-4,
+        MOMENTUM=0.9,
+        SGD_DAMPNING=0,
+        SGD_NESTEROV=False,
+        RMSPROP_ALPHA=0.99,
+        ADAM_BETA1=0.9,
+        ADAM_BETA2=0.999,
+        STAGED_LR=False,
+        NEW_LAYERS=(),
+        BASE_LR_MULT=0.1,
+        LR_SCHEDULER="cosine",
+        STEPSIZE=(-1,),
+        GAMMA=0.1,
+        MAX_EPOCH=50,
+        WARMUP_EPOCH=-1,
+        WARMUP_TYPE="constant",
+        WARMUP_CONS_LR=1e-5,
+        WARMUP_MIN_LR=1e-5,
+        WARMUP_RECOUNT=True,
+    )
+
+
+def ns_to_dict(ns):
+    """A (nested) SimpleNamespace config as JSON-able dicts (recorded in the outputs)."""
+    from types import SimpleNamespace
+
+    if isinstance(ns, SimpleNamespace):
+        return {k: ns_to_dict(v) for k, v in vars(ns).items()}
+    if isinstance(ns, tuple):
+        return list(ns)
+    return ns
+
+
+def sd_digest(sd: dict) -> str:
+    """SHA-256 of a state dict's names and float32 values (identifies the converted tiny checkpoint)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        h.update(k.encode())
+        h.update(sd[k].detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 # ---- Step 1 verification ---------------------------------------------------------------------
 def verify(official: str, out: str | None, workdir: str) -> dict:
     from vlpeft.backbones import load_backbone

@@ -17,7 +17,6 @@ width (``torch.empty(M, n_ctx_vision, 768)``), so the reference uses a width-768
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import sys
@@ -77,48 +76,8 @@ def make_cfg():
         DATASET=NS(NAME=DATASET),
         INPUT=NS(SIZE=(SIZE["image_size"], SIZE["image_size"])),
         MODEL=NS(BACKBONE=NS(NAME="ViT-B/16"), INIT_WEIGHTS=""),
-        OPTIM=NS(
-            # plot-pp configs/trainers/PLOTPP/vit.yaml: sgd, LR 0.002, cosine, 50 epochs; Dassl defaults for
-            # the rest. WARMUP_EPOCH=-1 (the yaml has 1 epoch of constant lr 1e-5): lr stays 0.002.
-            NAME="sgd",
-            LR=0.002,
-            WEIGHT_DECAY=5e-4,
-            MOMENTUM=0.9,
-            SGD_DAMPNING=0,
-            SGD_NESTEROV=False,
-            RMSPROP_ALPHA=0.99,
-            ADAM_BETA1=0.9,
-            ADAM_BETA2=0.999,
-            STAGED_LR=False,
-            NEW_LAYERS=(),
-            BASE_LR_MULT=0.1,
-            LR_SCHEDULER="cosine",
-            STEPSIZE=(-1,),
-            GAMMA=0.1,
-            MAX_EPOCH=50,
-            WARMUP_EPOCH=-1,
-            WARMUP_TYPE="constant",
-            WARMUP_CONS_LR=1e-5,
-            WARMUP_MIN_LR=1e-5,
-            WARMUP_RECOUNT=True,
-        ),
+        OPTIM=oc.dassl_sgd_optim(),  # the yaml's SGD recipe, Dassl's defaults
     )
-
-
-def ns_to_dict(ns):
-    if isinstance(ns, SimpleNamespace):
-        return {k: ns_to_dict(v) for k, v in vars(ns).items()}
-    if isinstance(ns, tuple):
-        return list(ns)
-    return ns
-
-
-def sd_digest(sd: dict) -> str:
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        h.update(k.encode())
-        h.update(sd[k].detach().cpu().float().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 class TorchSpy:
@@ -323,11 +282,11 @@ def main():
             "size": SIZE,
             "why_width_768": "MultiModalPromptLearner hard-codes the vision prompt width: "
             "torch.empty(M, n_ctx_vision, 768); build_model needs heads = width // 64, mlp = 4 * width",
-            "openai_state_dict_sha256": sd_digest(sd),
+            "openai_state_dict_sha256": oc.sd_digest(sd),
         },
         "stubs": {
             **oc.STUBS,
-            "cfg": ns_to_dict(cfg),
+            "cfg": oc.ns_to_dict(cfg),
             "load_clip_to_cpu": "returns plot-pp clip build_model(to_openai(tiny)).float()",
             "trainers.plotpp._tokenizer": "the same tiny-BPE SimpleTokenizer (used for name_lens)",
             "trainers.plotpp.torch": "a pass-through proxy of torch (TorchSpy) that records einsum outputs "

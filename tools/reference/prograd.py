@@ -11,7 +11,6 @@ on vlpeft's tiny CLIP converted to OpenAI's layout (see openai_clip.py).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import sys
@@ -40,48 +39,8 @@ def make_cfg():
         LOSS=NS(NAME="prograd", T=1.0, LAMBDA=1.0),
         INPUT=NS(SIZE=(oc.TINY["image_size"], oc.TINY["image_size"])),
         MODEL=NS(BACKBONE=NS(NAME="ViT-B/16"), INIT_WEIGHTS=""),
-        OPTIM=NS(
-            # ProGrad.public/configs/trainers/ProGrad/rn50*.yaml: sgd, LR 0.002, cosine; Dassl defaults
-            # for the rest. WARMUP_EPOCH=-1 (the yaml has 1 epoch of constant lr 1e-5): lr stays 0.002.
-            NAME="sgd",
-            LR=0.002,
-            WEIGHT_DECAY=5e-4,
-            MOMENTUM=0.9,
-            SGD_DAMPNING=0,
-            SGD_NESTEROV=False,
-            RMSPROP_ALPHA=0.99,
-            ADAM_BETA1=0.9,
-            ADAM_BETA2=0.999,
-            STAGED_LR=False,
-            NEW_LAYERS=(),
-            BASE_LR_MULT=0.1,
-            LR_SCHEDULER="cosine",
-            STEPSIZE=(-1,),
-            GAMMA=0.1,
-            MAX_EPOCH=50,
-            WARMUP_EPOCH=-1,
-            WARMUP_TYPE="constant",
-            WARMUP_CONS_LR=1e-5,
-            WARMUP_MIN_LR=1e-5,
-            WARMUP_RECOUNT=True,
-        ),
+        OPTIM=oc.dassl_sgd_optim(),  # the yaml's SGD recipe, Dassl's defaults
     )
-
-
-def ns_to_dict(ns):
-    if isinstance(ns, NS):
-        return {k: ns_to_dict(v) for k, v in vars(ns).items()}
-    if isinstance(ns, tuple):
-        return list(ns)
-    return ns
-
-
-def sd_digest(sd: dict) -> str:
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        h.update(k.encode())
-        h.update(sd[k].detach().cpu().float().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def main():
@@ -218,11 +177,11 @@ def main():
             "how": "vlpeft.backbones.init_tiny(dir, family='clip', seed=seed, size=TinySize(**size))",
             "seed": oc.TINY_SEED,
             "size": oc.TINY,
-            "openai_state_dict_sha256": sd_digest(sd),
+            "openai_state_dict_sha256": oc.sd_digest(sd),
         },
         "stubs": {
             **oc.STUBS,
-            "cfg": ns_to_dict(cfg),
+            "cfg": oc.ns_to_dict(cfg),
             "load_clip_to_cpu": "returns build_model(to_openai(tiny)).float() (a fresh model per call: the "
             "zero-shot CLIP and CustomCLIP get separate copies, as officially)",
             "trainers.prograd._tokenizer": "the same tiny-BPE SimpleTokenizer (used for name_lens)",
