@@ -31,6 +31,7 @@ import pandas as pd
 from vlpeft.io import write_bytes_atomic, write_text_atomic
 
 AVERAGE = "Average"
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 REPORTED = " (reported)"
 # Backbone specs whose published numbers the report can show (the papers' names for them).
 BACKBONE_NAMES = {
@@ -360,11 +361,11 @@ def curves_png(frame: pd.DataFrame, datasets: Sequence[str], names: Sequence[str
                 shots,
                 means,
                 yerr=[0 if pd.isna(s) else s for s in stds],
-                marker="o",
-                ms=3,
+                marker=MARKERS[i % len(MARKERS)],
+                ms=4,
                 capsize=2,
                 label=name,
-                color=f"C{i % 10}",
+                color=plt.cm.tab20(i % 20),  # 20 colours and 7 markers: no two of 12+ methods look alike
             )
         ax.set_xscale("log", base=2)
         ax.set_xticks(shots, [str(k) for k in shots])
