@@ -382,3 +382,39 @@ def test_progress_bars_of_the_runs_stay_off_under_the_grids_bar(tmp_path, bench_
     finally:
         set_progress(None)
     assert seen == [False, False] and "2 done now" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_dead_ray_task_is_recorded_as_a_failed_run(tmp_path, bench_root):
+    """A task whose worker dies (node lost, out of memory) raises in ray.get: the grid records it and goes on."""
+    from vlpeft.bench import load_spec
+    from vlpeft.bench.grid import Settings, _ray_results
+
+    spec = load_spec(few_shot_spec(tmp_path, bench_root))
+    runs = spec.runs()[:2]
+
+    class FakeRay:
+        def remote(self, fn):
+            class Task:
+                def options(self, **kwargs):
+                    return self
+
+                def remote(self, run, settings):
+                    return run.key
+
+            return Task()
+
+        def wait(self, pending, num_returns):
+            return pending[:1], pending[1:]
+
+        def get(self, ref):
+            if ref == runs[0].key:
+                raise RuntimeError("worker died")
+            return {"key": ref, "status": "done"}
+
+    results = list(_ray_results(FakeRay(), runs, Settings.of(spec, tmp_path / "out", None), spec))
+    assert results[0] == {
+        "key": runs[0].key,
+        "status": "failed",
+        "error": "Ray task died: RuntimeError: worker died",
+    }
+    assert results[1] == {"key": runs[1].key, "status": "done"}

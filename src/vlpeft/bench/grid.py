@@ -378,9 +378,12 @@ def _pool_results(todo: list[Run], settings: Settings, jobs: int) -> Iterator[di
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = [pool.submit(execute, run, settings) for run in todo]
+        futures = {pool.submit(execute, run, settings): run for run in todo}
         for future in as_completed(futures):
-            yield future.result()
+            try:
+                yield future.result()
+            except Exception as err:  # the worker itself died (killed, out of memory): record, go on
+                yield {"key": futures[future].key, "status": "failed", "error": f"worker died: {err!r}"}
 
 
 def _start_ray(address: str | None, spec: BenchSpec):
@@ -421,7 +424,15 @@ def _ray_results(ray, todo: list[Run], settings: Settings, spec: BenchSpec) -> I
     remote = ray.remote(execute).options(
         num_cpus=spec.resources["num_cpus"], num_gpus=spec.resources["num_gpus"], max_retries=0
     )
-    pending = [remote.remote(run, settings) for run in todo]
+    keys = {remote.remote(run, settings): run.key for run in todo}
+    pending = list(keys)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
-        yield ray.get(ready[0])
+        try:
+            yield ray.get(ready[0])
+        except Exception as err:  # the task's worker died (node lost, out of memory): record, go on
+            yield {
+                "key": keys[ready[0]],
+                "status": "failed",
+                "error": f"Ray task died: {type(err).__name__}: {err}",
+            }
