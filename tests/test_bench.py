@@ -385,7 +385,7 @@ def test_progress_bars_of_the_runs_stay_off_under_the_grids_bar(tmp_path, bench_
 
 
 def test_a_dead_ray_task_is_recorded_as_a_failed_run(tmp_path, bench_root):
-    """A task whose worker dies (node lost, out of memory) raises in ray.get: the grid records it and goes on."""
+    """A task whose worker dies (node lost, out of memory) raises in ray.get: recorded, the grid goes on."""
     from vlpeft.bench import load_spec
     from vlpeft.bench.grid import Settings, _ray_results
 
