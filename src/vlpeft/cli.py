@@ -26,7 +26,7 @@ app = typer.Typer(
 )
 datasets_app = typer.Typer(help="List, check and sample datasets.", no_args_is_help=True)
 models_app = typer.Typer(help="Create and inspect backbone checkpoints.", no_args_is_help=True)
-methods_app = typer.Typer(help="List the adaptation methods.", no_args_is_help=True)
+methods_app = typer.Typer(help="List the adaptation methods; show one's settings.", no_args_is_help=True)
 world_app = typer.Typer(
     help="vlpeft's generated world: datasets for offline demos and tests.", no_args_is_help=True
 )
