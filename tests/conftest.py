@@ -173,3 +173,12 @@ def pixels_of(backbone, items):
     import torch
 
     return torch.stack([backbone.preprocess(Image.open(i.impath)) for i in items])
+
+
+@pytest.fixture(autouse=True)
+def _fresh_progress_setting():
+    """`-q` in an in-process CLI call switches progress bars off for the process: undo it after each test."""
+    yield
+    from vlpeft.utils import set_progress
+
+    set_progress(None)
