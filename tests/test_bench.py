@@ -237,6 +237,10 @@ def test_another_specs_directory_is_refused_unless_forced(tmp_path, bench_root, 
     assert code == 2 and "holds the results of another spec" in " ".join(err.split())
     code, text, _ = cli(monkeypatch, capsys, "bench", other, "--out", out, "--force")
     assert code == 0 and "1 done now, 1 already done" in " ".join(text.split())
+    moved = few_shot_spec(tmp_path, bench_root, methods=["zero-shot", "linear-probe"], shots=[1], seeds=[1],
+                          resources={"num_cpus": 4, "num_gpus": 1}, batch_size=8)  # fmt: skip
+    code, text, _ = cli(monkeypatch, capsys, "bench", moved, "--out", out)  # where it runs is not the grid
+    assert code == 0 and "0 done now, 2 already done" in " ".join(text.split())
 
 
 def test_a_claimed_run_is_left_to_its_owner_and_a_dead_owner_releases_it(tmp_path, bench_root):

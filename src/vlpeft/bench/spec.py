@@ -58,6 +58,7 @@ KEYS = {
     "resources": "per-run {num_cpus, num_gpus} for --executor ray",
 }
 METHOD_KEYS = ("method", "name", "set")
+EXECUTION_ONLY = ("cache_dir", "batch_size", "resources")  # change no number: not part of a DIR's identity
 DATASET_KEYS = ("name", "root")
 
 
@@ -133,7 +134,10 @@ class BenchSpec:
         return asdict(self)
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """Identity of the grid's results: everything but where and how fast it runs (the cache folder,
+        the encoder batch size, per-run resources), which a user may change between sessions."""
+        grid = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_ONLY}
+        return hashlib.sha256(json.dumps(grid, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def uses_world(self) -> bool:
