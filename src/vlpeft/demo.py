@@ -69,14 +69,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
 
 def gains(frame, datasets: list[str], shots: int) -> dict[str, float]:
-    """Average accuracy (over ``datasets``) minus zero-shot's, at ``shots`` shots, per method name."""
-    rows = frame[frame["dataset"].isin(datasets)]
-    zero = rows[rows["method"] == ZERO_SHOT].groupby("dataset")["accuracy"].mean()
-    at_k = rows[rows["shots"] == shots].groupby(["name", "dataset"])["accuracy"].mean().unstack("dataset")
-    if zero.empty or at_k.empty:
+    """Average accuracy (over ``datasets``) minus zero-shot's at ``shots`` shots, per method name, read from
+    the report's own few-shot table."""
+    from vlpeft.bench.report import AVERAGE, few_shot_tables
+
+    names = list(dict.fromkeys(frame["name"]))
+    table = few_shot_tables(frame, datasets, names).get(shots)
+    column = AVERAGE if len(datasets) > 1 else datasets[0]
+    if table is None or ZERO_SHOT not in table.mean.index or column not in table.mean:
         return {}
-    complete = at_k.dropna(subset=[d for d in datasets if d in at_k.columns])
-    if len(zero) != len(datasets) or any(d not in complete.columns for d in datasets):
-        return {}
-    diff = complete[datasets].mean(axis=1) - zero[datasets].mean()
-    return {str(k): round(float(v), 2) for k, v in diff.items()}
+    averages = table.mean[column].dropna()
+    return {str(k): round(float(v - averages[ZERO_SHOT]), 2) for k, v in averages.items() if k != ZERO_SHOT}

@@ -20,15 +20,13 @@ and ``<cache>/text/<fingerprint[:16]>/<prompts hash>.safetensors``. The cache di
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +40,7 @@ from vlpeft.backbones.base import Backbone
 from vlpeft.data.base import Datum
 from vlpeft.data.images import load_image
 from vlpeft.data.transforms import AugmentedView, AugmentSpec
-from vlpeft.io import atomic_path, writable_dir, write_json_atomic
+from vlpeft.io import atomic_path, file_lock, writable_dir, write_json_atomic
 from vlpeft.utils import track
 
 logger = logging.getLogger(__name__)
@@ -117,23 +115,6 @@ class _Pixels(TorchDataset):
         return self.transform(load_image(self.items[i].impath), view_key(self.items[i]))
 
 
-@contextlib.contextmanager
-def _extraction_lock(directory: Path) -> Iterator[None]:
-    """One extracting process per cache entry (processes of a bench grid, Ray tasks on one disk):
-    the others wait and then read its shards, so each image view is encoded once. Released when the
-    process dies; a cache that cannot hold a lock file (read-only) is used without one."""
-    try:
-        fd = os.open(directory / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
-    except OSError:
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 class FeatureStore:
     """Extracts and caches features of one backbone."""
 
@@ -169,7 +150,9 @@ class FeatureStore:
         for _attempt in range(3):
             index = self._index(directory)
             if any(k not in index for k in keys):
-                with _extraction_lock(directory):  # another process may be encoding the same images
+                # One extracting process per cache entry (a bench grid's processes, Ray tasks on one
+                # disk): the others wait, then read its shards. A read-only cache goes on unlocked.
+                with file_lock(directory / ".lock"):
                     index = self._index(directory)
                     todo = {k: item for k, item in zip(keys, items, strict=True) if k not in index}
                     if todo:

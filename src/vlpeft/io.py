@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -45,6 +46,29 @@ def writable_dir(path: str | os.PathLike) -> bool:
     os.close(fd)
     os.unlink(name)
     return True
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, wait: bool = True) -> Iterator[bool]:
+    """An exclusive ``flock`` on ``path`` (created if needed), released on exit or when the process dies.
+
+    Yields whether the lock is held: False when ``wait`` is off and another process holds it, or when
+    the file cannot be created (a read-only folder), in which case the caller goes on unlocked.
+    """
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _umask() -> int:

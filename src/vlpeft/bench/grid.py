@@ -18,7 +18,6 @@ stopped; a half-finished run leaves only a ``.tmp-*`` directory, removed by the 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -34,7 +33,8 @@ from typing import Any
 from vlpeft.bench.spec import WORLD_ROOT, BenchSpec, Run
 from vlpeft.bench.table import BENCH_FILE, EVALS, FAILED, LOCKS, RUN_FILE, RUNS, write_results
 from vlpeft.errors import ConfigError
-from vlpeft.io import write_json_atomic
+from vlpeft.io import file_lock, write_json_atomic
+from vlpeft.runs import RESULT_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +83,8 @@ def run_dir(out: Path, run: Run) -> Path:
 
 def is_done(out: Path, run: Run) -> bool:
     final = run_dir(out, run)
-    return (final / "result.json").is_file() and all(
-        (final / EVALS / e.label / "result.json").is_file() for e in run.evals
+    return (final / RESULT_FILE).is_file() and all(
+        (final / EVALS / e.label / RESULT_FILE).is_file() for e in run.evals
     )
 
 
@@ -122,23 +122,10 @@ def saved_spec(out: Path) -> dict[str, Any]:
     return json.loads(path.read_text())["spec"]
 
 
-@contextlib.contextmanager
-def claim(out: Path, key: str) -> Iterator[bool]:
-    """An exclusive, non-blocking claim on one run; released on exit or when the process dies."""
+def claim(out: Path, key: str):
+    """An exclusive, non-blocking claim on one run (yields whether it is ours); it dies with its process."""
     (out / LOCKS).mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / LOCKS / f"{key}.lock", os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    return file_lock(out / LOCKS / f"{key}.lock", wait=False)
 
 
 # ---- one run -----------------------------------------------------------------------------------
@@ -252,7 +239,7 @@ def prepare_world(spec: BenchSpec) -> str | None:
     from vlpeft.world import generate_world
     from vlpeft.world.datasets import world_root
 
-    names = [d.name for d in [*spec.datasets, *spec.targets, *([spec.source] if spec.source else [])]]
+    names = [d.name for d in spec.all_datasets]
     return str(generate_world(world_root(spec.cache_dir, 0), 0, names))
 
 

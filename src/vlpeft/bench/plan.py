@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vlpeft.bench.grid import Settings, is_done, prepare_world, train_config
 from vlpeft.bench.spec import BenchSpec, Run
+from vlpeft.training.loop import iterations_per_epoch
 
 
 def estimate_forwards(spec: BenchSpec, runs: list[Run], settings: Settings) -> dict[str, int]:
@@ -31,15 +32,11 @@ def estimate_forwards(spec: BenchSpec, runs: list[Run], settings: Settings) -> d
         method = build_method(cfg, data)
         test = data.split("test")
         if needs_pixels(method):
-            steps_cfg = method.config
-            shots = run.shots or 1
-            per_shot = getattr(steps_cfg, "iters_per_shot", 0)
-            steps = (
-                per_shot * shots
-                if per_shot
-                else steps_cfg.epochs * max(len(data.train) // steps_cfg.batch_size, 1)
-            )
-            pixels += steps * steps_cfg.batch_size + len(test)
+            cfg_m = method.config
+            per_shot = getattr(cfg_m, "iters_per_shot", 0)  # module adapters: CLIP-LoRA's n_iters x shots
+            epoch_steps = iterations_per_epoch(len(data.train), cfg_m.batch_size, cfg_m.batches_per_epoch)
+            steps = per_shot * run.shots if per_shot and run.shots else cfg_m.epochs * epoch_steps
+            pixels += steps * cfg_m.batch_size + len(test)
         else:
             views = method.train_views()
             keys = [(-1, None)] if views.include_eval else []

@@ -28,6 +28,7 @@ from typing import Any
 
 import pandas as pd
 
+from vlpeft.bench.spec import slug
 from vlpeft.io import write_bytes_atomic, write_text_atomic
 
 AVERAGE = "Average"
@@ -62,6 +63,7 @@ class Table:
     reported: set[str] = field(default_factory=set)  # rows of published numbers
     digits: int = 1
     mark_best: bool = True  # False where a larger value is not better (costs)
+    shots: int | None = None  # few-shot tables: their shot count (0: zero-shot alone)
     integer_columns: tuple[str, ...] = ()
 
     def cell(self, row: str, col: str) -> str:
@@ -170,7 +172,7 @@ def few_shot_tables(frame: pd.DataFrame, datasets: Sequence[str], names: Sequenc
         part = part.assign(column=part["dataset"])
         mean, std = seed_table(part, datasets, names, datasets if len(datasets) > 1 else None)
         label = f"{k}-shot" if k else "zero-shot"
-        tables[k] = Table(label, mean.dropna(how="all"), std)
+        tables[k] = Table(label, mean.dropna(how="all"), std, shots=k)
     return tables
 
 
@@ -289,7 +291,10 @@ def build_report(out: str | Path) -> dict[str, Path]:
         tables, text = _protocol_tables(spec, part, names, published)
         sections.append((f"{spec['protocol']} — {backbone}", tables, text))
         if spec["protocol"] == "few-shot" and part["shots"].nunique() > 1:
-            images[backbone] = curves_png(part, [d["name"] for d in spec["datasets"]], names, str(backbone))
+            by_shots = {t.shots: t for t in tables}
+            images[backbone] = curves_png(
+                part, by_shots, [d["name"] for d in spec["datasets"]], names, backbone
+            )
     if not frame.empty:
         sections.append(("cost", [cost_table(frame, names)], "Per method, over its runs in this directory."))
     return _write(out, spec, sections, images, frame)
@@ -301,11 +306,11 @@ def _protocol_tables(
     protocol = spec["protocol"]
     if protocol == "few-shot":
         datasets = [d["name"] for d in spec["datasets"]]
-        tables = list(few_shot_tables(frame, datasets, names).values())
-        for k, t in zip(sorted(few_shot_tables(frame, datasets, names)), tables, strict=True):
+        tables = few_shot_tables(frame, datasets, names)
+        for k, t in tables.items():
             rows = published[(published["split"] == "test") & (published["shots"] == k)]
             add_reported(t, rows, _dataset_columns(t.mean.columns))
-        return tables, "Top-1 test accuracy (%), mean ± std over seeds."
+        return list(tables.values()), "Top-1 test accuracy (%), mean ± std over seeds."
     if protocol == "base-to-new":
         datasets = [d["name"] for d in spec["datasets"]]
         tables = base_to_new_tables(frame, datasets, names)
@@ -328,14 +333,15 @@ def _protocol_tables(
     return [table], f"Trained on {source}, evaluated on each target {how}. {table.note}"
 
 
-def curves_png(frame: pd.DataFrame, datasets: Sequence[str], names: Sequence[str], title: str) -> bytes:
-    """Few-shot curves: one panel per dataset and the average; mean ± std over seeds."""
+def curves_png(
+    frame: pd.DataFrame, tables: dict[int, Table], datasets: Sequence[str], names: Sequence[str], title: str
+) -> bytes:
+    """Few-shot curves from the per-shots ``tables``: one panel per dataset and the average."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tables = few_shot_tables(frame, datasets, names)
     shots = sorted(k for k in tables if k)
     panels = [*datasets, AVERAGE] if len(datasets) > 1 else list(datasets)
     cols = min(4, len(panels))
@@ -344,14 +350,7 @@ def curves_png(frame: pd.DataFrame, datasets: Sequence[str], names: Sequence[str
     for ax, panel in zip(axes.flat, panels, strict=False):
         for i, name in enumerate(names):
             means = [tables[k].mean.get(panel, pd.Series(dtype=float)).get(name, math.nan) for k in shots]
-            stds = [
-                (
-                    tables[k].std.get(panel, pd.Series(dtype=float)).get(name, math.nan)
-                    if tables[k].std is not None
-                    else math.nan
-                )
-                for k in shots
-            ]
+            stds = [tables[k].std.get(panel, pd.Series(dtype=float)).get(name, math.nan) for k in shots]
             if all(pd.isna(m) for m in means):
                 continue
             if frame[(frame["name"] == name)]["shots"].max() == 0:  # zero-shot: a level, not a curve
@@ -409,11 +408,11 @@ def _write(out: Path, spec: dict, sections, images: dict[str, bytes], frame: pd.
         for table in tables:
             md += [table.markdown(), ""]
             page += [f"<h3>{html.escape(table.title)}</h3>", table.html()]
-            stem = _slug(f"{heading}-{table.title}")
+            stem = slug(f"{heading}-{table.title}").lower()
             write_text_atomic(tables_dir / f"{stem}.csv", table.csv())
             write_text_atomic(tables_dir / f"{stem}.tex", table.latex())
     for i, (backbone, png) in enumerate(images.items()):
-        name = "curves.png" if i == 0 else f"curves-{_slug(backbone)}.png"
+        name = "curves.png" if i == 0 else f"curves-{slug(backbone).lower()}.png"
         write_bytes_atomic(out / name, png)
         written[name] = out / name
         md += [f"![few-shot curves, {backbone}]({name})", ""]
@@ -424,9 +423,3 @@ def _write(out: Path, spec: dict, sections, images: dict[str, bytes], frame: pd.
     write_text_atomic(out / "report.md", "\n".join(md))
     write_text_atomic(out / "report.html", "\n".join(page))
     return {"report.md": out / "report.md", "report.html": out / "report.html", **written}
-
-
-def _slug(text: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower()

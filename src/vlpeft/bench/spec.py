@@ -140,9 +140,13 @@ class BenchSpec:
         return hashlib.sha256(json.dumps(grid, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
+    def all_datasets(self) -> list[DatasetEntry]:
+        """Every dataset the grid reads: trained on and evaluated on."""
+        return [*self.datasets, *([self.source] if self.source else []), *self.targets]
+
+    @property
     def uses_world(self) -> bool:
-        entries = [*self.datasets, *self.targets, *([self.source] if self.source else [])]
-        return any(d.root == WORLD_ROOT for d in entries)
+        return any(d.root == WORLD_ROOT for d in self.all_datasets)
 
     def runs(self) -> list[Run]:
         """The expanded grid, in a stable order (backbone, dataset, method, shots, seed)."""

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from vlpeft.io import write_bytes_atomic, write_text_atomic
+from vlpeft.runs import RESULT_FILE
 
 # The layout of a bench directory (see vlpeft.bench.grid).
 BENCH_FILE = "bench.json"
@@ -50,7 +51,7 @@ OWN_SPLIT = {
 def run_rows(directory: Path) -> list[dict[str, Any]]:
     """The rows of one finished run directory (its own test split, then each evaluation)."""
     run = json.loads((directory / RUN_FILE).read_text())
-    result = json.loads((directory / "result.json").read_text())
+    result = json.loads((directory / RESULT_FILE).read_text())
     memory = result.get("peak_memory", {})
     common = {
         "backbone": run["backbone"],
@@ -70,7 +71,7 @@ def run_rows(directory: Path) -> list[dict[str, Any]]:
         {**common, "dataset": run["dataset"]["name"], "split": OWN_SPLIT[run["protocol"]], **_metrics(result)}
     ]
     for ev in run["evals"]:
-        evaluated = json.loads((directory / EVALS / ev["label"] / "result.json").read_text())
+        evaluated = json.loads((directory / EVALS / ev["label"] / RESULT_FILE).read_text())
         split = "new" if run["protocol"] == "base-to-new" else "target"
         rows.append({**common, "dataset": ev["dataset"], "split": split, **_metrics(evaluated)})
     return rows
